@@ -1,0 +1,30 @@
+# Two commands do all set-up on a fresh machine (Python >= 3.10 with pip):
+#   make demo   create .venv, install, run the main job (the demo pipeline, CPU, minutes)
+#   make test   create .venv if missing, install, run the tests
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test venv clean-venv bench
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m nbcore.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m nbcore.bench tokenizer
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,38 @@
+"""Shared fixtures. Every test writes under a temporary folder, never into the repo's runs/."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_dirs(tmp_path_factory):
+    """Point runs/ and the cache at temporary folders for the whole session.
+
+    The built-in corpus is built once per session into the temporary cache (about 10 s).
+    """
+    old = {k: os.environ.get(k) for k in ("NBCORE_RUNS", "NBCORE_CACHE")}
+    os.environ["NBCORE_RUNS"] = str(tmp_path_factory.mktemp("runs"))
+    os.environ.setdefault("NBCORE_CACHE", str(tmp_path_factory.mktemp("cache")))
+    if os.environ.get("NBCORE_TEST_CACHE"):  # reuse a cache between local runs
+        os.environ["NBCORE_CACHE"] = os.environ["NBCORE_TEST_CACHE"]
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    """A fresh, empty runs/ folder for one test."""
+    d = tmp_path / "runs"
+    d.mkdir()
+    monkeypatch.setenv("NBCORE_RUNS", str(d))
+    return d
