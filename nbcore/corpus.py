@@ -7,13 +7,21 @@
   given environment.
 - `"local:<glob>"`: your own files: `.txt` (one document per file, or split on
   blank lines), `.jsonl` (a text field per line), `.parquet` (a text column).
+- `"fineweb:<version>"`: FineWeb or FineWeb-Edu streamed through `datasets` from the
+  Hugging Face hub (`10B`, `100B`, `350B`, `10Bedu`, `100Bedu`, `350Bedu`), shuffled
+  with a seed and a buffer. Offline it fails at once with `CorpusUnavailable`.
 
-`iter_corpus(spec)` is the one entry point the chapters use.
+`iter_corpus(spec)` is the one entry point the chapters use. For a finite corpus
+(built-in or local) `val_fraction` holds out the last part of the text as the val
+split: `part="train"` gives the first (1 - val_fraction) of the characters,
+`part="val"` the rest, so the tokenizer can be trained on the train part only.
 """
 import ast
 import glob as globlib
 import hashlib
 import json
+import os
+import random
 import sys
 import sysconfig
 from pathlib import Path
@@ -193,21 +201,212 @@ def iter_local(pattern: str, split: str = "file", text_field: str = "text") -> I
                              f"(use .txt, .jsonl or .parquet)")
 
 
+# ---------------------------------------------------------------- FineWeb (streamed from the hub)
+# version -> (hub dataset, config); the "sample-*BT" configs are random samples of that many GPT-2 tokens
+FINEWEB_VERSIONS = {
+    "10B": ("HuggingFaceFW/fineweb", "sample-10BT"),
+    "100B": ("HuggingFaceFW/fineweb", "sample-100BT"),
+    "350B": ("HuggingFaceFW/fineweb", "sample-350BT"),
+    "10Bedu": ("HuggingFaceFW/fineweb-edu", "sample-10BT"),
+    "100Bedu": ("HuggingFaceFW/fineweb-edu", "sample-100BT"),
+    "350Bedu": ("HuggingFaceFW/fineweb-edu", "sample-350BT"),
+}
+OFFLINE_HINT = ("use local files (corpus='local:/path/*.txt', .jsonl or .parquet) or the built-in "
+                "corpus (corpus='builtin') instead")
+
+
+class CorpusUnavailable(RuntimeError):
+    """A corpus that needs a download cannot be reached (offline, hub down, no access)."""
+
+
+def _hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def check_hub(repo: str, timeout: float = 5.0) -> None:
+    """Raise CorpusUnavailable at once when the Hugging Face hub cannot be reached."""
+    import urllib.error
+    import urllib.request
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            raise CorpusUnavailable(f"{repo} needs the Hugging Face hub but {var} is set; {OFFLINE_HINT}")
+    url = f"{_hub_endpoint()}/api/datasets/{repo}"
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # the hub answered (even 401/404): reachable; load_dataset reports the rest
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise CorpusUnavailable(f"cannot reach the Hugging Face hub for {repo} ({reason}); "
+                                f"{OFFLINE_HINT}") from None
+
+
+def _data_files_format(data_files) -> str:
+    first = data_files if isinstance(data_files, str) else next(iter(data_files))
+    if isinstance(data_files, dict):
+        first = next(iter(data_files.values()))
+        first = first if isinstance(first, str) else first[0]
+    name = str(first).lower()
+    if name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
+        return "json"
+    if name.endswith((".txt", ".txt.gz")):
+        return "text"
+    return "parquet"
+
+
+def iter_fineweb(version: str = "10Bedu", seed: int = 0, shuffle_buffer: int = 10_000, text_field: str = "text",
+                 data_files=None, timeout: float = 5.0) -> Iterator[str]:
+    """Documents of FineWeb(-Edu) `version`, streamed and shuffled (seed, buffer of documents).
+
+    `data_files` (a glob or list of local .parquet/.jsonl files) replaces the hub
+    download with local files in the same layout, through the same streaming code
+    (tests use it; so can a machine with a FineWeb copy on disk). Returns an iterator;
+    the hub check and `load_dataset` run before it is returned, so an offline call
+    fails here, fast, with `CorpusUnavailable`.
+    """
+    if version not in FINEWEB_VERSIONS:
+        raise ValueError(f"unknown FineWeb version {version!r}: use one of {', '.join(FINEWEB_VERSIONS)}")
+    repo, config = FINEWEB_VERSIONS[version]
+    import datasets
+
+    if data_files is None:
+        check_hub(repo, timeout)
+        os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(max(timeout, 1))))
+        args = dict(path=repo, name=config)
+    else:
+        if isinstance(data_files, (str, os.PathLike)):
+            data_files = [str(p) for p in sorted(globlib.glob(str(data_files)))] or str(data_files)
+        args = dict(path=_data_files_format(data_files), data_files=data_files)
+    try:
+        ds = datasets.load_dataset(**args, split="train", streaming=True)
+    except Exception as e:  # the hub's errors come in many types; say it once, plainly
+        if data_files is not None:
+            raise
+        raise CorpusUnavailable(f"could not open {repo} ({config}) on the Hugging Face hub: "
+                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
+                                f"{OFFLINE_HINT}") from None
+    if shuffle_buffer:
+        ds = ds.shuffle(seed=seed, buffer_size=shuffle_buffer)
+
+    def docs():
+        for row in ds:
+            text = row[text_field]
+            if text:
+                yield text
+
+    return docs()
+
+
+# ---------------------------------------------------------------- splits and order
+def shuffled(docs, seed: int, buffer_size: int) -> Iterator[str]:
+    """Documents in a seeded random order, holding at most `buffer_size` of them at once.
+
+    A full buffer emits a random slot and refills it with the next document; at the end
+    the rest comes out shuffled. Deterministic for (seed, buffer_size, input order).
+    """
+    import numpy as np
+
+    if buffer_size <= 1:
+        yield from docs
+        return
+    rng = np.random.default_rng(seed)
+    buf = []
+    draws, k = (), 0
+    for d in docs:
+        if len(buf) < buffer_size:
+            buf.append(d)
+            continue
+        if k == len(draws):  # random slots drawn 4096 at a time
+            draws, k = rng.integers(0, buffer_size, size=4096).tolist(), 0
+        i = draws[k]
+        k += 1
+        yield buf[i]
+        buf[i] = d
+    for i in rng.permutation(len(buf)).tolist():
+        yield buf[i]
+
+
+def split_documents(make_docs, val_fraction: float, part: str) -> Iterator[str]:
+    """The 'train' or 'val' part of a finite corpus, cut by characters.
+
+    `make_docs()` gives the documents (it is called twice: once to count characters).
+    'train' is the first round((1 - val_fraction) * characters); 'val' is the rest, so
+    train + val is the corpus exactly (a document straddling the cut is split in two).
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction={val_fraction}: use a number between 0 and 1 (e.g. 0.1)")
+    if part not in ("train", "val"):
+        raise ValueError(f"part={part!r}: use 'train' or 'val'")
+    total = sum(len(d) for d in make_docs())
+    cut = total - round(total * val_fraction)
+    seen = 0
+    for d in make_docs():
+        lo, hi = seen, seen + len(d)
+        seen = hi
+        if part == "train":
+            if lo >= cut:
+                return
+            piece = d[:cut - lo]
+        else:
+            if hi <= cut:
+                continue
+            piece = d[max(0, cut - lo):]
+        if piece:
+            yield piece
+
+
 # ---------------------------------------------------------------- one entry point
-def iter_corpus(spec: str, **kwargs) -> Iterator[str]:
-    """Documents of a corpus named by `spec`: 'builtin' or 'local:<glob>'."""
+def iter_corpus(spec: str, *, part: str | None = None, val_fraction: float | None = None, seed: int | None = None,
+                shuffle_buffer: int | None = None, **kwargs) -> Iterator[str]:
+    """Documents of a corpus named by `spec`: 'builtin', 'local:<glob>' or 'fineweb:<version>'.
+
+    part / val_fraction: for 'builtin' and 'local:', `part="train"` or `"val"` with a
+      `val_fraction` gives that part of the text (see `split_documents`).
+    seed / shuffle_buffer: a seeded shuffle of document order with a buffer of that many
+      documents (defaults: FineWeb 10,000 with seed 0; built-in and local files keep
+      their order unless both are given). The val part is cut before shuffling.
+    kwargs go to the source: `split`/`text_field` for local files; `text_field`,
+      `data_files`, `timeout` for FineWeb.
+    """
+    if spec.startswith("fineweb:"):
+        if val_fraction is not None or part is not None:
+            raise ValueError("FineWeb is a stream without an end: val_fraction/part do not apply; "
+                             "the val shard is the first val_tokens of the stream")
+        return iter_fineweb(spec[len("fineweb:"):], seed=0 if seed is None else seed,
+                            shuffle_buffer=10_000 if shuffle_buffer is None else shuffle_buffer, **kwargs)
     if spec == "builtin":
-        return iter_builtin()
-    if spec.startswith("local:"):
-        return iter_local(spec[len("local:"):], **kwargs)
-    raise ValueError(f"unknown corpus {spec!r}: use 'builtin' or 'local:<glob>'")
+        if kwargs:
+            raise ValueError(f"the built-in corpus takes no options, got {sorted(kwargs)}")
+        make_docs = iter_builtin
+    elif spec.startswith("local:"):
+        pattern = spec[len("local:"):]
+        make_docs = lambda: iter_local(pattern, **kwargs)  # noqa: E731
+        if next(make_docs(), None) is None:  # fail now, not at the first next(), on a bad glob
+            raise ValueError(f"local corpus {pattern!r}: the files hold no text")
+    else:
+        raise ValueError(f"unknown corpus {spec!r}: use 'builtin', 'local:<glob>' or 'fineweb:<version>' "
+                         f"(versions {', '.join(FINEWEB_VERSIONS)})")
+    if part is not None and val_fraction is None:
+        raise ValueError(f"part={part!r} needs val_fraction (the share of the text held out as val)")
+    if val_fraction is not None:
+        if part is None:
+            raise ValueError("val_fraction needs part='train' or part='val'")
+        docs = split_documents(make_docs, val_fraction, part)
+    else:
+        docs = make_docs()
+    if seed is not None and shuffle_buffer:
+        docs = shuffled(docs, seed, shuffle_buffer)
+    return docs
 
 
 def take_chars(docs, max_chars: int) -> Iterator[str]:
     """Documents from `docs` until `max_chars` characters have been yielded (last one cut)."""
     left = max_chars
+    if left <= 0:
+        return
     for doc in docs:
-        if left <= 0:
-            return
         yield doc[:left]
         left -= len(doc)
+        if left <= 0:
+            return  # stop before pulling another document from a shared iterator
