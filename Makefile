@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean-venv bench
+.PHONY: demo test test-browser venv clean-venv bench
 
 venv: $(STAMP)
 
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# JupyterLab driven by headless Chromium (Debian's `chromium` package); also part of `make test`
+test-browser: $(STAMP)
+	NBCORE_REQUIRE_BROWSER=1 $(PY) -m pytest -q tests/test_browser.py
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'

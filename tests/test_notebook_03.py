@@ -1,0 +1,55 @@
+"""Notebook 03_model runs headless with tiny parameters: the hand-built block equals nbcore's, and the
+mask pictures, the KV-cache check and the size tables all come out."""
+import nbformat
+import pytest
+
+from nbcore import notebooks
+from nbcore.params import ParameterError
+
+pytestmark = pytest.mark.slow
+
+TINY = {"vocab_size": 96, "num_layers": 2, "num_heads": 2, "model_dim": 32, "seq_len": 24, "batch_size": 2,
+        "window_long": 12, "window_short": 6, "doc_lengths": [10, 6, 8], "compare_size": "tiny",
+        "train_steps": 8}
+
+
+def _outputs(nb):
+    cells = [c for c in nb.cells if c.cell_type == "code"]
+    text = "\n".join(o.get("text", "") for c in cells for o in c.get("outputs", []))
+    return cells, text
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_kernel(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models; the kernel inherits the environment
+
+
+def test_notebook_03_runs_and_checks_itself(tmp_path):
+    out = notebooks.execute("03_model", tmp_path / "03_model.ipynb", parameters=TINY)
+    nb = nbformat.read(out, as_version=4)
+    cells, text = _outputs(nb)
+    assert not any(o.get("output_type") == "error" for c in cells for o in c.outputs)
+    assert "the block by hand equals nbcore's block" in text
+    # shapes in the shared notation, with the injected sizes
+    for line in ("q: (B, T, H, Dh) = (2, 24, 2, 16)", "scores: (B, H, T, T) = (2, 2, 24, 24)",
+                 "logits: (B, T, V) = (2, 24, 96)", "qkv: (B, T, 3·H·Dh) = (2, 24, 96)"):
+        assert line in text, line
+    assert "identical tokens" in text                                    # KV cache == recompute
+    assert "GPT-2 small: 124,439,808   Llama-3.2-1B shape: 1,235,814,400" in text
+    for preset in ("XS", "S", "M", "gpt2-small"):                        # the preset table
+        assert f"\n{preset:>10} " in "\n" + text
+    for arch in ("gpt", "nanogpt", "llama3"):                            # comparison and training rows
+        assert f"{arch:>8}: loss" in text
+    images = [o for c in cells for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 1                                              # the mask pictures
+    widgets = [o for c in cells for o in c.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert widgets                                                       # the slider rendered headless
+
+
+def test_notebook_03_rejects_bad_parameters(tmp_path):
+    with pytest.raises(ParameterError, match="Did you mean 'model_dim'"):
+        notebooks.execute("03_model", tmp_path / "out.ipynb", parameters={"model_dims": 64})
+    assert not (tmp_path / "out.ipynb").exists()
+    import papermill as pm
+    with pytest.raises(pm.PapermillExecutionError, match="must be divisible by num_heads"):
+        notebooks.execute("03_model", tmp_path / "bad.ipynb", parameters={**TINY, "num_heads": 3})
