@@ -21,7 +21,6 @@ import glob as globlib
 import hashlib
 import json
 import os
-import random
 import sys
 import sysconfig
 from pathlib import Path
@@ -149,9 +148,7 @@ def _iter_txt(path: Path, split: str) -> Iterator[str]:
         if text.strip():
             yield text
     elif split == "blank_lines":
-        for block in text.split("\n\n"):
-            if block.strip():
-                yield block.strip("\n")
+        yield from [block.strip("\n") for block in text.split("\n\n") if not block.isspace() and block]
     else:
         raise ValueError(f"split={split!r}: use 'file' (one document per file) or 'blank_lines'")
 

@@ -1,0 +1,235 @@
+"""The training data loader: shards -> batches of (x, y), cut across ranks.
+
+One optimizer step consumes one *global batch*: `world_size * B` rows of `T + 1`
+tokens (x is a row's first T tokens, y the same row shifted by one). Rank r takes
+rows [r*B : (r+1)*B], so the union of all ranks' (B, T) batches is exactly the
+(world_size*B, T) batch one rank would get alone.
+
+Order. Each shard is cut into *blocks* of one global batch. An epoch visits every
+shard once, in an order drawn from (seed, epoch), and the blocks of each shard in an
+order drawn from (seed, epoch, shard). So batch k depends only on (seed, k) and the
+files: a resumed run (`load_state_dict`) sees exactly the tokens it would have seen.
+When every shard is used up the next epoch starts (logged), reshuffled.
+
+Rows are contiguous slices of the token stream (row i+1 starts where row i ends), or,
+with `align_to_docs`, each row starts at a document's first token (the `<|endoftext|>`
+id that precedes every document), skipping the tail of the document before it.
+With `flat=True` each rank gets its B rows as one sequence, shape (1, B*T), for
+document-masked attention.
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .shards import read_shard, shard_files
+
+
+def _resolve(files, split):
+    if isinstance(files, (str, Path)) and Path(files).is_dir():
+        return shard_files(files, split)
+    if isinstance(files, (str, Path)):
+        files = [files]
+    files = [Path(f) for f in files]
+    if not files:
+        raise ValueError("no shard files given")
+    return files
+
+
+def _to_device(a: np.ndarray, device) -> torch.Tensor:
+    t = torch.from_numpy(a)
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def doc_aligned_starts(tokens: np.ndarray, eot_id: int, seq_len: int) -> np.ndarray:
+    """Row starts for document-aligned rows: each at an eot, each row T+1 tokens in the shard.
+
+    Greedy: a row starts at the first document start at or after the previous row's
+    last input position + 1 (`start + T`); a document longer than T loses its tail.
+    """
+    bos = np.flatnonzero(np.asarray(tokens) == eot_id)
+    n = len(tokens)
+    starts, cur = [], 0
+    while True:
+        j = np.searchsorted(bos, cur)
+        if j == len(bos) or bos[j] + seq_len + 1 > n:
+            break
+        starts.append(int(bos[j]))
+        cur = int(bos[j]) + seq_len
+    return np.asarray(starts, dtype=np.int64)
+
+
+class TokenLoader:
+    """Batches of (x, y) for one rank, deterministic for (seed, step).
+
+    files: shard paths (or a shard folder: its train shards). batch_size B and seq_len T
+    are per rank. Yields int64 tensors of shape (B, T) on `device` (or (1, B*T) when
+    `flat`). `eot_id` is needed for `align_to_docs`. `shuffle=False` reads shards and
+    blocks in file order every epoch.
+    """
+
+    def __init__(self, files, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 align_to_docs: bool = False, eot_id: int | None = None, device="cpu", flat: bool = False,
+                 shuffle: bool = True, vocab_size: int | None = None, verbose: bool = True):
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(f"batch_size ({batch_size}) and seq_len ({seq_len}) must be >= 1")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        if align_to_docs and eot_id is None:
+            raise ValueError("align_to_docs needs eot_id (the tokenizer's <|endoftext|> id)")
+        self.files = _resolve(files, "train")
+        self.B, self.T, self.rank, self.world_size = batch_size, seq_len, rank, world_size
+        self.rows = batch_size * world_size  # rows in one global batch
+        self.seed, self.align_to_docs, self.eot_id = seed, align_to_docs, eot_id
+        self.device, self.flat, self.shuffle, self.verbose = device, flat, shuffle, verbose
+        self.vocab_size = vocab_size
+        self.step = 0  # global batches served
+        self.epoch = 0
+        self._shard_pos = 0  # index into this epoch's shard order
+        self._block_pos = 0  # index into the current shard's block order
+        self._cache = (None, None, None)  # (file index, tokens, row starts)
+        self._order_cache = (None, None)  # ((epoch, file index, blocks), block order)
+        self._epoch_batches = 0
+        if not align_to_docs:
+            n = [read_shard(f).shape[0] for f in self.files]  # validates every header now
+            if all((k - 1) // (self.rows * self.T) == 0 for k in n):
+                raise ValueError(f"no train shard holds one global batch: {self.rows} rows x (T+1) = "
+                                 f"{self.rows * self.T + 1} tokens needed, the largest shard has {max(n)}; "
+                                 f"lower batch_size or seq_len, or make bigger shards")
+
+    # -------------------------------------------------------------- order
+    @property
+    def global_batch_tokens(self) -> int:
+        return self.rows * self.T
+
+    def _shard_order(self, epoch):
+        if not self.shuffle:
+            return np.arange(len(self.files))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.files))
+
+    def _shard(self, fi):
+        """(tokens, row starts (blocks, rows)) of file `fi`, cached for the current file."""
+        if self._cache[0] != fi:
+            tokens = read_shard(self.files[fi], self.vocab_size)
+            if self.align_to_docs:
+                starts = doc_aligned_starts(tokens, self.eot_id, self.T)
+            else:
+                starts = np.arange(0, len(tokens) - self.T, self.T, dtype=np.int64)
+            n_blocks = len(starts) // self.rows
+            self._cache = (fi, tokens, starts[:n_blocks * self.rows].reshape(n_blocks, self.rows))
+        return self._cache[1], self._cache[2]
+
+    def _block_order(self, epoch, fi, n_blocks):
+        key = (epoch, fi, n_blocks)
+        if self._order_cache[0] != key:  # drawn once per shard visit, not per step
+            order = (np.random.default_rng([self.seed, epoch, fi]).permutation(n_blocks) if self.shuffle
+                     else np.arange(n_blocks))
+            self._order_cache = (key, order)
+        return self._order_cache[1]
+
+    def _next_block(self):
+        """(tokens, row starts of the next global batch (rows,)), advancing the position."""
+        while True:
+            order = self._shard_order(self.epoch)
+            if self._shard_pos >= len(order):
+                if self._epoch_batches == 0:
+                    raise ValueError(f"no train shard holds one global batch of {self.rows} document-aligned "
+                                     f"rows of {self.T + 1} tokens; lower batch_size or seq_len")
+                self.epoch += 1
+                self._shard_pos = self._block_pos = self._epoch_batches = 0
+                if self.verbose and self.rank == 0:
+                    print(f"loader: epoch {self.epoch} begins at step {self.step} "
+                          f"(all {len(self.files)} train shard(s) used; reshuffled)")
+                continue
+            fi = int(order[self._shard_pos])
+            tokens, blocks = self._shard(fi)
+            if self._block_pos >= len(blocks):
+                self._shard_pos += 1
+                self._block_pos = 0
+                continue
+            k = int(self._block_order(self.epoch, fi, len(blocks))[self._block_pos])
+            self._block_pos += 1
+            self._epoch_batches += 1
+            return tokens, blocks[k]
+
+    # -------------------------------------------------------------- batches
+    def next_batch(self):
+        """(x, y): int64 tensors (B, T) for this rank (or (1, B*T) when flat); y is x shifted by one."""
+        tokens, starts = self._next_block()
+        mine = starts[self.rank * self.B:(self.rank + 1) * self.B]  # (B,)
+        buf = np.asarray(tokens[mine[:, None] + np.arange(self.T + 1)], dtype=np.int64)  # (B, T+1)
+        x, y = buf[:, :-1], buf[:, 1:]
+        if self.flat:
+            x, y = x.reshape(1, -1), y.reshape(1, -1)
+        self.step += 1
+        return _to_device(np.ascontiguousarray(x), self.device), _to_device(np.ascontiguousarray(y), self.device)
+
+    def __iter__(self):
+        while True:
+            yield self.next_batch()
+
+    # -------------------------------------------------------------- resume
+    def state_dict(self) -> dict:
+        """The position, so that `load_state_dict` continues with exactly the next batch."""
+        return {"step": self.step, "epoch": self.epoch, "shard_pos": self._shard_pos, "block_pos": self._block_pos,
+                "epoch_batches": self._epoch_batches, "seed": self.seed, "rows": self.rows, "seq_len": self.T,
+                "align_to_docs": self.align_to_docs, "shuffle": self.shuffle,
+                "files": [f.name for f in self.files]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state`. The global batch (world_size*B rows of T) must be the same;
+        the split across ranks may differ."""
+        mine = self.state_dict()
+        for key in ("seed", "rows", "seq_len", "align_to_docs", "shuffle", "files"):
+            if state[key] != mine[key]:
+                raise ValueError(f"loader state was saved with {key}={state[key]!r}, this loader has "
+                                 f"{mine[key]!r}; resume with the same data and global batch "
+                                 f"(world_size*batch_size rows of seq_len)")
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self._shard_pos, self._block_pos = int(state["shard_pos"]), int(state["block_pos"])
+        self._epoch_batches = int(state.get("epoch_batches", 0))
+
+
+# ---------------------------------------------------------------- validation
+def val_batch_count(files, batch_size: int, seq_len: int, world_size: int = 1, max_tokens: int | None = None) -> int:
+    """How many global val batches `val_batches` yields (the same on every rank)."""
+    files = _resolve(files, "val")
+    per = batch_size * world_size * seq_len
+    n = sum((read_shard(f).shape[0] - 1) // per for f in files)
+    if n == 0:
+        have = sum(read_shard(f).shape[0] for f in files)
+        raise ValueError(f"the val shard(s) hold {have} tokens, fewer than one global val batch of "
+                         f"{per + 1} (world_size*B*T + 1); lower the val batch size or seq_len")
+    if max_tokens is not None:
+        if max_tokens < per:
+            raise ValueError(f"max_tokens={max_tokens} is less than one global val batch ({per} tokens)")
+        n = min(n, max_tokens // per)
+    return n
+
+
+def val_batches(files, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1,
+                max_tokens: int | None = None, device="cpu", flat: bool = False):
+    """Iterate (x, y) over the val shards in order: each global batch of world_size*B
+    contiguous rows of T, this rank's rows [rank*B:(rank+1)*B]. Every rank gets the same
+    number of batches; at most `max_tokens` tokens per global pass (whole batches)."""
+    files = _resolve(files, "val")
+    n = val_batch_count(files, batch_size, seq_len, world_size, max_tokens)
+    rows, T = batch_size * world_size, seq_len
+    offs = np.arange(T + 1)
+    done = 0
+    for f in files:
+        tokens = read_shard(f)
+        for k in range((len(tokens) - 1) // (rows * T)):
+            if done == n:
+                return
+            base = k * rows * T + rank * batch_size * T
+            starts = base + np.arange(batch_size) * T  # (B,)
+            buf = np.asarray(tokens[starts[:, None] + offs], dtype=np.int64)  # (B, T+1)
+            x, y = buf[:, :-1], buf[:, 1:]
+            if flat:
+                x, y = x.reshape(1, -1), y.reshape(1, -1)
+            done += 1
+            yield _to_device(np.ascontiguousarray(x), device), _to_device(np.ascontiguousarray(y), device)
