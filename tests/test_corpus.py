@@ -167,3 +167,10 @@ def test_fineweb_through_the_sharder(tmp_path, fake_fineweb):
     text = tok.decode(read_shard(tmp_path / "s" / "val_000000.bin").tolist())
     assert text.startswith("<|endoftext|>Web page ")
     assert os.path.exists(tmp_path / "s" / "manifest.json")
+
+
+def test_take_chars_leaves_the_next_document_in_a_shared_iterator():
+    docs = iter(["abcd", "efgh", "ijkl"])
+    assert list(corpus.take_chars(docs, 6)) == ["abcd", "ef"]
+    assert next(docs) == "ijkl"  # "efgh" was cut, nothing further was pulled
+    assert list(corpus.take_chars(iter(["abc"]), 0)) == []

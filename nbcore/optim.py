@@ -1,0 +1,271 @@
+"""Optimisers and schedules for the training chapter.
+
+- `newton_schulz`: the quintic Newton–Schulz iteration that maps a gradient matrix G = U S V^T
+  to (approximately) U V^T, in bf16 on CUDA and float32 elsewhere.
+- `Muon`: SGD with Nesterov momentum whose update for each hidden matrix is orthogonalised by
+  `newton_schulz` and scaled by its shape. Distributed: every rank keeps the (identical)
+  momentum of every matrix, but orthogonalises only its share and all-gathers the rest.
+- `build_optimizers`: the model's `configure_optimizers()` groups -> Muon / Adam / AdamW,
+  one learning rate per group name (the speedrun's groupings for `gpt`, AdamW for baselines).
+- Schedules as plain functions of progress in [0, 1] or of the step: `lr_factor`
+  (stable, then linear decay), `muon_momentum` (warm-up 0.85 -> 0.95), `window_size`
+  (sliding-window warm-up), and `apply_schedules` to write them into the optimisers.
+"""
+import math
+
+import torch
+import torch.distributed as torch_dist
+
+# Quintic coefficients chosen (by the speedrun) to push singular values towards 1 quickly;
+# they land in roughly [0.7, 1.2] after 5 steps rather than exactly 1, which trains as well.
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+# The speedrun's learning rates per group name (Muon for hidden matrices, Adam for the rest).
+SPEEDRUN_LRS = {"hidden_matrices": 0.05, "embed": 0.6, "head": 0.008, "scalars": 0.04}
+SPEEDRUN_ADAM_BETAS = (0.8, 0.95)
+SPEEDRUN_ADAM_EPS = 1e-10
+
+
+def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype=None) -> torch.Tensor:
+    """Orthogonalise the last two dims of G (..., m, n): returns X ~ U V^T, same shape and dtype.
+
+    Works on a batch of matrices (leading dims). bf16 on CUDA (fast, accurate enough),
+    float32 on CPU and MPS unless `dtype` says otherwise.
+    """
+    if G.ndim < 2:
+        raise ValueError(f"newton_schulz needs a matrix (..., m, n), got shape {tuple(G.shape)}")
+    if dtype is None:
+        dtype = torch.bfloat16 if G.is_cuda else torch.float32
+    a, b, c = NS_COEFFS
+    X = G.to(dtype)
+    tall = G.size(-2) > G.size(-1)
+    if tall:  # iterate on the wide orientation: X X^T is then the smaller (m, m) Gram matrix
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)  # spectral norm <= Frobenius norm <= 1
+    for _ in range(steps):
+        A = X @ X.mT  # (m, m)
+        B = b * A + c * (A @ A)
+        X = a * X + B @ X  # X <- a X + b (X X^T) X + c (X X^T)^2 X
+    if tall:
+        X = X.mT
+    return X.to(G.dtype)
+
+
+def muon_scale(shape, rule: str = "speedrun") -> float:
+    """Multiplier for an orthogonalised update of a (..., rows, cols) matrix.
+
+    "speedrun": sqrt(max(1, rows/cols)), so tall matrices (MLP down-projections seen as
+    (out, in)) get larger steps; "rms": 0.2 * sqrt(max(rows, cols)), which matches AdamW's
+    update RMS (Moonshot's rule) so AdamW learning rates transfer; "none": 1.
+    """
+    rows, cols = shape[-2], shape[-1]
+    if rule == "speedrun":
+        return max(1.0, rows / cols) ** 0.5
+    if rule == "rms":
+        return 0.2 * max(rows, cols) ** 0.5
+    if rule == "none":
+        return 1.0
+    raise ValueError(f"muon scale rule {rule!r}: use 'speedrun', 'rms' or 'none'")
+
+
+class Muon(torch.optim.Optimizer):
+    """MomentUm Orthogonalized by Newton–Schulz, for 2-D (or batched 2-D) hidden weights.
+
+    Per step, for every parameter W with gradient G (already averaged over ranks):
+        M <- momentum * M + (1 - momentum) * G                   # momentum buffer
+        U <- G + momentum * (M - G)   (Nesterov)   or   U <- M
+        O <- newton_schulz(U) * muon_scale(shape)
+        W <- W * (1 - lr * weight_decay) - lr * O
+    With `world_size > 1`, parameters of one shape are cut into blocks of `world_size`;
+    rank r orthogonalises the r-th matrix of each block and an all-gather hands every rank
+    every result, so each rank does ~1/world_size of the Newton–Schulz work. Momentum
+    buffers are kept on every rank (identical), so a checkpoint from rank 0 holds all state.
+    """
+
+    def __init__(self, params, lr=0.05, momentum=0.95, nesterov=True, weight_decay=0.0, ns_steps=5,
+                 scale_rule="speedrun", rank=0, world_size=1):
+        if lr < 0 or not 0 <= momentum < 1:
+            raise ValueError(f"Muon needs lr >= 0 and 0 <= momentum < 1, got lr={lr}, momentum={momentum}")
+        muon_scale((1, 1), scale_rule)  # validate the rule name early
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                        ns_steps=ns_steps, scale_rule=scale_rule)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim < 2:
+                    raise ValueError(f"Muon is for matrices; got a parameter of shape {tuple(p.shape)} "
+                                     "(give vectors and scalars to Adam)")
+        self.rank, self.world_size = rank, world_size
+
+    def _orthogonalised(self, updates, group):
+        """{param: update} -> {param: scaled orthogonalised update}, sharing the work across ranks."""
+        out = {}
+        steps, rule = group["ns_steps"], group["scale_rule"]
+        if self.world_size == 1:
+            for p, u in updates.items():
+                out[p] = newton_schulz(u, steps) * muon_scale(u.shape, rule)
+            return out
+        by_shape = {}  # same shape -> same all-gather buffer size; order is identical on all ranks
+        for p, u in updates.items():
+            by_shape.setdefault((tuple(u.shape), u.dtype), []).append(p)
+        for (shape, dtype), ps in by_shape.items():
+            for start in range(0, len(ps), self.world_size):
+                block = ps[start:start + self.world_size]
+                mine = block[self.rank] if self.rank < len(block) else None
+                o = (newton_schulz(updates[mine], steps) if mine is not None
+                     else torch.zeros(shape, dtype=dtype, device=block[0].device))
+                gathered = [torch.empty_like(o) for _ in range(self.world_size)]
+                torch_dist.all_gather(gathered, o.contiguous())
+                for p, g in zip(block, gathered):
+                    out[p] = g * muon_scale(shape, rule)
+        return out
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            mom = group["momentum"]
+            updates = {}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(g)
+                buf = state["momentum_buffer"]
+                buf.lerp_(g, 1 - mom)
+                updates[p] = g.lerp(buf, mom) if group["nesterov"] else buf.clone()
+            for p, o in self._orthogonalised(updates, group).items():
+                if group["weight_decay"]:
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(o.to(p.dtype), alpha=-group["lr"])
+        return loss
+
+
+# ---------------------------------------------------------------- building from model groups
+def default_lrs(arch: str) -> dict:
+    """{group name: learning rate} the chapters start from for each arch."""
+    if arch == "gpt":
+        return dict(SPEEDRUN_LRS)
+    return {"decay": 6e-4, "no_decay": 6e-4}
+
+
+def build_optimizers(groups, lrs: dict, *, adam_betas=SPEEDRUN_ADAM_BETAS, adam_eps=SPEEDRUN_ADAM_EPS,
+                     adamw_betas=(0.9, 0.95), adamw_eps=1e-8, muon_momentum=0.95, muon_nesterov=True,
+                     muon_weight_decay=0.0, adam_weight_decay=0.0, adamw_weight_decay=0.1,
+                     muon_scale_rule="speedrun", ns_steps=5, rank=0, world_size=1, fused=None) -> list:
+    """Optimisers for `model.configure_optimizers()` groups, one learning rate per group name.
+
+    groups: [{"name", "optimizer": "muon"|"adam"|"adamw", "params", "weight_decay"}, ...]
+            where "weight_decay" is True/False (decay this group at the optimiser's
+            `*_weight_decay` rate, or not) or a number (that rate).
+    lrs:    {group name: lr}; every group name must be present (a missing one is an error
+            naming it, so a typo never trains a group at a silent default).
+    Returns [Muon?, Adam?, AdamW?] (only those used), each param group carrying "name" and
+    "initial_lr" so schedules scale from it.
+    """
+    kinds = {"muon": [], "adam": [], "adamw": []}
+    for g in groups:
+        kind = g["optimizer"]
+        if kind not in kinds:
+            raise ValueError(f"group {g['name']!r} asks for optimizer {kind!r}; known: muon, adam, adamw")
+        if g["name"] not in lrs:
+            raise ValueError(f"no learning rate for group {g['name']!r}; pass lrs with keys "
+                             f"{sorted(x['name'] for x in groups)}")
+        params = [p for p in g["params"] if p.requires_grad]
+        if not params:
+            continue
+        lr = float(lrs[g["name"]])
+        wd = g.get("weight_decay", False)
+        if isinstance(wd, bool) or wd is None:
+            rate = {"muon": muon_weight_decay, "adam": adam_weight_decay, "adamw": adamw_weight_decay}[kind]
+            wd = rate if wd else 0.0
+        kinds[kind].append({"params": params, "lr": lr, "initial_lr": lr, "name": g["name"],
+                            "weight_decay": float(wd)})
+    fused_ok = fused if fused is not None else all(
+        p.is_cuda for pg in kinds["adam"] + kinds["adamw"] for p in pg["params"]) and bool(kinds["adam"] + kinds["adamw"])
+    out = []
+    if kinds["muon"]:
+        out.append(Muon(kinds["muon"], momentum=muon_momentum, nesterov=muon_nesterov, ns_steps=ns_steps,
+                        scale_rule=muon_scale_rule, rank=rank, world_size=world_size))
+    if kinds["adam"]:
+        out.append(torch.optim.Adam(kinds["adam"], betas=adam_betas, eps=adam_eps, fused=fused_ok or None))
+    if kinds["adamw"]:
+        out.append(torch.optim.AdamW(kinds["adamw"], betas=adamw_betas, eps=adamw_eps, fused=fused_ok or None))
+    return out
+
+
+def describe(optimizers) -> list[dict]:
+    """One row per param group: optimiser, name, tensors, parameters, lr, weight decay."""
+    rows = []
+    for opt in optimizers:
+        for pg in opt.param_groups:
+            rows.append({"optimizer": type(opt).__name__, "group": pg.get("name", "?"),
+                         "tensors": len(pg["params"]), "params": sum(p.numel() for p in pg["params"]),
+                         "lr": pg["lr"], "weight_decay": pg.get("weight_decay", 0.0)})
+    return rows
+
+
+# ---------------------------------------------------------------- schedules
+def lr_factor(progress: float, cooldown_frac: float = 0.4, final_frac: float = 0.1,
+              warmup_frac: float = 0.0) -> float:
+    """Stable-then-decay: optional linear warm-up, flat at 1, then linear decay to `final_frac`.
+
+    progress in [0, 1] (step / num_steps, or elapsed / max_seconds under a time budget);
+    the last `cooldown_frac` of training decays linearly.
+    """
+    p = min(max(float(progress), 0.0), 1.0)
+    if warmup_frac > 0 and p < warmup_frac:
+        return p / warmup_frac
+    if cooldown_frac <= 0 or p < 1 - cooldown_frac:
+        return 1.0
+    w = (1 - p) / cooldown_frac  # 1 at the start of the cooldown, 0 at the end
+    return w + (1 - w) * final_frac
+
+
+def muon_momentum(step: int, warmup_steps: int = 300, start: float = 0.85, end: float = 0.95) -> float:
+    """Momentum warm-up: linear from `start` to `end` over the first `warmup_steps` steps."""
+    if warmup_steps <= 0:
+        return end
+    frac = min(step / warmup_steps, 1.0)
+    return (1 - frac) * start + frac * end
+
+
+def window_size(progress: float, min_window: int = 128, max_window: int = 1792, block: int = 128) -> int:
+    """Sliding-window warm-up: the attention window grows linearly with progress, in whole blocks.
+
+    Returns a multiple of `block` between `min_window` and `max_window` tokens (FlexAttention
+    masks are built per 128-token block, so coarser steps also mean fewer recompilations).
+    """
+    p = min(max(float(progress), 0.0), 1.0)
+    w = min_window + p * (max_window - min_window)
+    w = block * math.ceil(w / block)
+    return int(min(max(w, block * math.ceil(min_window / block)), max_window))
+
+
+def apply_schedules(optimizers, lr_mult: float, momentum: float | None = None) -> None:
+    """Write lr = initial_lr * lr_mult into every group, and Muon's momentum if given."""
+    for opt in optimizers:
+        for pg in opt.param_groups:
+            pg["lr"] = pg["initial_lr"] * lr_mult
+            if momentum is not None and isinstance(opt, Muon):
+                pg["momentum"] = momentum
+
+
+def zero_grad(optimizers) -> None:
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+
+
+def step_all(optimizers) -> None:
+    for opt in optimizers:
+        opt.step()
+
+
+__all__ = ["NS_COEFFS", "SPEEDRUN_LRS", "newton_schulz", "muon_scale", "Muon", "default_lrs",
+           "build_optimizers", "describe", "lr_factor", "muon_momentum", "window_size",
+           "apply_schedules", "zero_grad", "step_all"]
