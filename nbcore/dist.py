@@ -105,8 +105,13 @@ def is_distributed() -> bool:
 
 
 def cleanup() -> None:
-    """Leave the process group (end of the notebook)."""
+    """Leave the process group (end of the notebook), all ranks together.
+
+    The barrier keeps a fast rank from tearing down gloo while another still talks to it
+    (which aborts the slower process with 'terminate called without an active exception').
+    """
     if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
         torch_dist.destroy_process_group()
 
 
