@@ -321,7 +321,15 @@ class LanguageModel(nn.Module):
 
     # -- optimisers and compilation --------------------------------------------------------
     def configure_optimizers(self) -> list:
-        raise NotImplementedError
+        """The baselines' rule (AdamW): "decay" = every weight with 2+ dims, "no_decay" = biases
+        and norm weights. The gpt arch overrides this with the speedrun's Muon/Adam groups."""
+        params = list(self.parameters())
+        return self.check_groups([
+            {"name": "decay", "optimizer": "adamw", "params": [p for p in params if p.dim() >= 2],
+             "weight_decay": True},
+            {"name": "no_decay", "optimizer": "adamw", "params": [p for p in params if p.dim() < 2],
+             "weight_decay": False},
+        ])
 
     def check_groups(self, groups: list) -> list:
         """Drop empty groups; every parameter must sit in exactly one group."""
@@ -766,16 +774,6 @@ class NanoGPT(LanguageModel):
         w = self.wte.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(x, w).float()
 
-    def configure_optimizers(self):
-        """decay (AdamW): every weight with 2+ dims; no_decay: biases and LayerNorm weights."""
-        params = list(self.parameters())
-        return self.check_groups([
-            {"name": "decay", "optimizer": "adamw", "params": [p for p in params if p.dim() >= 2],
-             "weight_decay": True},
-            {"name": "no_decay", "optimizer": "adamw", "params": [p for p in params if p.dim() < 2],
-             "weight_decay": False},
-        ])
-
 
 # ----------------------------------------------------------------------------------------------
 # "llama3": RMSNorm, SwiGLU, rotary, grouped-query attention (Hugging Face module names)
@@ -904,16 +902,6 @@ class Llama3(LanguageModel):
             name = name.replace("blocks.", "layers.", 1)
             out[name if name.startswith("lm_head") else "model." + name] = t
         return out
-
-    def configure_optimizers(self):
-        """decay (AdamW): every weight with 2+ dims; no_decay: norm weights and biases."""
-        params = list(self.parameters())
-        return self.check_groups([
-            {"name": "decay", "optimizer": "adamw", "params": [p for p in params if p.dim() >= 2],
-             "weight_decay": True},
-            {"name": "no_decay", "optimizer": "adamw", "params": [p for p in params if p.dim() < 2],
-             "weight_decay": False},
-        ])
 
 
 # ----------------------------------------------------------------------------------------------

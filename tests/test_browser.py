@@ -102,8 +102,19 @@ def test_01_tokenizer_runs_in_jupyterlab_and_shows_the_token_explorer(jupyterlab
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
             # wait for the kernel, then Run > Run All Cells through JupyterLab's own menu
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
-            page.click("#jp-MainMenu >> text=Run", timeout=30_000)
-            page.click(".lm-Menu-content >> text=Run All Cells", timeout=30_000)
+            page.wait_for_selector("text=Python 3 (ipykernel) | Idle", timeout=120_000)
+            # Run > Run All Cells; a kernel that was still connecting can drop the requests
+            # (every prompt stays "[ ]"), so check that execution began and ask again if not
+            for attempt in range(3):
+                page.click("#jp-MainMenu >> text=Run", timeout=30_000)
+                page.click(".lm-Menu-content >> text=Run All Cells", timeout=30_000)
+                try:
+                    page.wait_for_function(
+                        "() => [...document.querySelectorAll('.jp-InputPrompt')]"
+                        ".some(e => /\\[(\\*|\\d+)\\]/.test(e.innerText))", timeout=20_000)
+                    break
+                except playwright_api.TimeoutError:
+                    page.wait_for_timeout(2_000)
             try:
                 explorer = page.wait_for_selector(".token-explorer textarea", timeout=240_000)
             except Exception:
