@@ -307,17 +307,14 @@ def shuffled(docs, seed: int, buffer_size: int) -> Iterator[str]:
     if buffer_size <= 1:
         yield from docs
         return
+    import itertools
+
     rng = np.random.default_rng(seed)
-    buf = []
-    draws, k = (), 0
-    for d in docs:
-        if len(buf) < buffer_size:
-            buf.append(d)
-            continue
-        if k == len(draws):  # random slots drawn 4096 at a time
-            draws, k = rng.integers(0, buffer_size, size=4096).tolist(), 0
-        i = draws[k]
-        k += 1
+    docs = iter(docs)
+    buf = list(itertools.islice(docs, buffer_size))
+    # random slots, drawn 4096 at a time, only as the documents need them
+    slots = itertools.chain.from_iterable(iter(lambda: rng.integers(0, buffer_size, size=4096).tolist(), None))
+    for d, i in zip(docs, slots):  # zip pulls the document first: no slot is drawn past the end
         yield buf[i]
         buf[i] = d
     for i in rng.permutation(len(buf)).tolist():
