@@ -202,11 +202,24 @@ def _encode_batch(docs):
 
 
 def _batched(docs, batch_chars):
-    """Group documents into lists of about `batch_chars` characters (the unit of work)."""
-    batch, size = [], 0
-    for d in docs:
-        batch.append(d)
-        size += len(d)
+    """Group documents into lists of about `batch_chars` characters (the unit of work).
+
+    Documents are pulled in blocks sized from their average length so far, so the
+    per-document Python work stays small (this runs in the main process, serially).
+    """
+    import itertools
+
+    docs = iter(docs)
+    batch, size, n_seen, chars_seen = [], 0, 0, 0
+    while True:
+        avg = chars_seen / n_seen if n_seen else batch_chars
+        block = list(itertools.islice(docs, max(1, min(512, int((batch_chars - size) / max(avg, 1.0))))))
+        if not block:
+            break
+        chars = sum(map(len, block))
+        n_seen, chars_seen = n_seen + len(block), chars_seen + chars
+        batch += block
+        size += chars
         if size >= batch_chars:
             yield batch
             batch, size = [], 0
