@@ -375,6 +375,15 @@ def norm(x):
     return F.rms_norm(x, (x.size(-1),))
 
 
+def normal_init(module, std=0.02):
+    """GPT-2's rule, shared by the baselines: every Linear and Embedding weight N(0, std), zero biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=std)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
 def init_linear(weight, zero=False):
     """Uniform with the std of 0.5/sqrt(fan_in) (the speedrun's rule), or zeros."""
     if zero:
@@ -747,11 +756,7 @@ class NanoGPT(LanguageModel):
 
     def init_weights(self):
         """nanoGPT's: N(0, 0.02), residual projections N(0, 0.02/sqrt(2L)), zero biases."""
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
-            if isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
+        normal_init(self)
         for block in self.blocks:
             for w in (block.c_proj.weight, block.mlp_proj.weight):
                 nn.init.normal_(w, std=0.02 / math.sqrt(2 * self.num_layers))
@@ -872,11 +877,7 @@ class Llama3(LanguageModel):
 
     def init_weights(self):
         """N(0, 0.02) for every matrix (transformers' initializer_range), zero biases, unit norms."""
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
-            if isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
+        normal_init(self)
 
     def lookup_tables(self):
         return [self.embed_tokens.weight] if self.lm_head is not None else []
