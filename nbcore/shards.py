@@ -170,26 +170,44 @@ def _worker_init(tokenizer):
     _WORKER.update(enc=enc, eot=info["eot_id"], eot_text=eot_text, dtype=dtype_for(info["n_vocab"]))
 
 
-def _encode_batch(docs):
-    """Documents -> (tokens with an eot before each document, tokens per document).
+def _pack_batch(docs):
+    """A batch as it travels to a worker: (eot text + eot_text.join(docs), number of documents).
 
-    Fast path: the batch joined with the eot text and encoded in one call, the eot text
-    allowed as the special token. tiktoken encodes the text between special tokens
-    piece by piece, so this equals `[eot] + encode_ordinary(doc)` per document. Used
-    only when no document itself contains the eot text and the text is valid UTF-8;
-    otherwise each document is encoded on its own.
+    One string moves between processes several times faster than thousands of small
+    ones. When a document itself contains the eot text the joined string could not be
+    cut back into documents, so that batch travels as the list.
+    """
+    eot_text = _WORKER["eot_text"]
+    joined = eot_text + eot_text.join(docs)
+    return (joined, len(docs)) if joined.count(eot_text) == len(docs) else list(docs)
+
+
+def _encode_batch(batch):
+    """A packed batch (see `_pack_batch`) or a list of documents -> (tokens with an eot
+    before each document, tokens per document).
+
+    Fast path: the joined text encoded in one call, the eot text allowed as the special
+    token. tiktoken encodes the text between special tokens piece by piece, so this
+    equals `[eot] + encode_ordinary(doc)` per document. Used only when no document
+    contains the eot text and the text is valid UTF-8; otherwise each document is
+    encoded on its own.
     """
     enc, eot, eot_text, dtype = _WORKER["enc"], _WORKER["eot"], _WORKER["eot_text"], _WORKER["dtype"]
-    joined = eot_text + eot_text.join(docs)
-    if joined.count(eot_text) == len(docs):
+    if isinstance(batch, list):
+        batch = _pack_batch(batch)
+    if isinstance(batch, tuple):
+        joined, n_docs = batch
         try:
             arr = enc.encode_to_numpy(joined, allowed_special={eot_text}, disallowed_special=())
         except UnicodeEncodeError:  # lone surrogates: encode_ordinary cleans them, per document
             arr = None
         if arr is not None:
             starts = np.flatnonzero(arr == eot)
-            if len(starts) == len(docs):
+            if len(starts) == n_docs:
                 return arr.astype(dtype), np.diff(np.append(starts, len(arr)))
+        docs = joined.split(eot_text)[1:]  # exact: no document contains the eot text
+    else:
+        docs = batch
     encoded = [enc.encode_ordinary(d) for d in docs]
     lengths = np.fromiter((len(e) + 1 for e in encoded), dtype=np.int64, count=len(encoded))
     out = np.empty(int(lengths.sum()), dtype=dtype)
@@ -229,31 +247,56 @@ def _batched(docs, batch_chars):
 
 def _token_stream(docs, tokenizer, workers, batch_chars, skip_docs=0):
     """Yield (tokens, tokens per document) per batch of documents, in document order,
-    encoded by `workers` processes (1: in this process). The first `skip_docs`
-    documents are consumed without being encoded (resuming)."""
+    encoded by `workers` processes, this one included (1: only this one). The first
+    `skip_docs` documents are consumed without being encoded (resuming).
+
+    With more than one, `workers - 1` pool processes take batches and this process,
+    which reads the documents, encodes a batch itself whenever every pool process
+    already has one waiting: no core idles while reading is cheaper than encoding.
+    """
     import itertools
 
     docs = iter(docs)
     for _ in itertools.islice(docs, skip_docs):
         pass
-    batches = _batched(docs, batch_chars)
+    _worker_init(tokenizer)
+    batches = map(_pack_batch, _batched(docs, batch_chars))
     if workers <= 1:
-        _worker_init(tokenizer)
         yield from map(_encode_batch, batches)
         return
     import collections
     import multiprocessing as mp
 
-    # At most 2 batches per worker in flight: a stream without an end (FineWeb) is read only as
-    # far as the shards need, and memory stays bounded.
-    with mp.get_context().Pool(workers, initializer=_worker_init, initargs=(tokenizer,)) as pool:
+    helpers = workers - 1
+    # Results in document order: [batch, AsyncResult] for batches given to the pool, (tokens,
+    # lengths) for batches encoded here. At most 3 batches per pool process in flight: a
+    # stream without an end (FineWeb) is read only as far as the shards need, memory stays
+    # bounded, and a pool process always has its next batch waiting.
+    with mp.get_context().Pool(helpers, initializer=_worker_init, initargs=(tokenizer,)) as pool:
         pending = collections.deque()
+
+        def done(entry):
+            return isinstance(entry, tuple) or entry[1].ready()
+
         for batch in batches:
-            pending.append(pool.apply_async(_encode_batch, (batch,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
+            busy = sum(1 for e in pending if not done(e))
+            pending.append(_encode_batch(batch) if busy >= 3 * helpers
+                           else [batch, pool.apply_async(_encode_batch, (batch,))])
+            while pending and (done(pending[0]) or len(pending) > 6 * workers):
+                head = pending.popleft()
+                yield head if isinstance(head, tuple) else head[1].get()
+        # The end of the stream: rather than wait for the pool's queue, this process takes
+        # the last waiting batches itself (a pool process may still start one: the same
+        # result, not used; leaving the `with` block stops it).
         while pending:
-            yield pending.popleft().get()
+            head = pending[0]
+            waiting = [i for i in range(len(pending) - 1, 0, -1) if not done(pending[i])]
+            if not done(head) and len(waiting) >= helpers:
+                i = waiting[0]
+                pending[i] = _encode_batch(pending[i][0])
+                continue
+            pending.popleft()
+            yield head if isinstance(head, tuple) else head[1].get()
 
 
 def _fill_shards(batches, sizes, start=(0, 0)):
@@ -355,7 +398,7 @@ def make_shards(corpus: str, tokenizer_dir, out_dir, shard_size: int = 100_000_0
       (see `corpus.iter_corpus`); None: the val shard is the first `val_tokens` (default
       `shard_size`) tokens of the stream.
     seed, shuffle_buffer: document order (a seeded shuffle buffer; 0 keeps file order).
-    workers: encoding processes (default: all cores; 1 encodes in this process).
+    workers: encoding processes, this one included (default: all cores; 1: this process alone).
 
     Interrupted and called again with the same arguments, it continues after the last
     complete shard and produces the same files as an uninterrupted run. Called again

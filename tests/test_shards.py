@@ -267,6 +267,20 @@ def test_endless_stream_is_read_only_as_far_as_needed(tmp_path, tok_dir, monkeyp
     assert used <= len(taken) < used + 40  # a few batches in flight, not the whole stream
 
 
+def test_token_stream_order_with_pool_and_main_sharing_the_work(tok_dir):
+    """3 processes (2 in the pool, this one encoding when they are busy and taking the last
+    waiting batches itself) give the same batches, in order, as 1; a batch holding the eot
+    text travels as a list and still comes out right."""
+    docs = [f"document {i}: " + "word " * (i % 17) for i in range(400)]
+    docs[123] = "a literal <|endoftext|> inside"
+    one = list(shards._token_stream(iter(docs), str(tok_dir), 1, batch_chars=200))
+    three = list(shards._token_stream(iter(docs), str(tok_dir), 3, batch_chars=200))
+    assert len(one) == len(three) > 30
+    for (ta, la), (tb, lb) in zip(one, three):
+        assert ta.tolist() == tb.tolist() and la.tolist() == lb.tolist()
+    assert sum(len(la) for _, la in one) == len(docs)
+
+
 def test_batch_encoding_equals_encoding_each_document(tok_dir):
     """The one-call fast path gives [eot] + encode_ordinary(doc) per document, and the
     documents it cannot take (the eot text inside, lone surrogates) go the slow way, same result."""
