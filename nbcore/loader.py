@@ -5,17 +5,21 @@ tokens (x is a row's first T tokens, y the same row shifted by one). Rank r take
 rows [r*B : (r+1)*B], so the union of all ranks' (B, T) batches is exactly the
 (world_size*B, T) batch one rank would get alone.
 
-Order. Each shard is cut into *blocks* of one global batch. An epoch visits every
-shard once, in an order drawn from (seed, epoch), and the blocks of each shard in an
-order drawn from (seed, epoch, shard). So batch k depends only on (seed, k) and the
-files: a resumed run (`load_state_dict`) sees exactly the tokens it would have seen.
-When every shard is used up the next epoch starts (logged), reshuffled.
+Rows. A shard is cut into rows of T + 1 tokens, T apart (row i+1 starts on row i's
+last token), from an offset in [0, T) drawn per (seed, epoch, shard), so a second
+epoch sees other windows of the text, not the same (x, y) pairs again. With
+`align_to_docs` each row starts at a document's first token (the `<|endoftext|>` id
+that precedes every document) instead, skipping the tail of the document before it.
 
-Rows are contiguous slices of the token stream (row i+1 starts where row i ends), or,
-with `align_to_docs`, each row starts at a document's first token (the `<|endoftext|>`
-id that precedes every document), skipping the tail of the document before it.
-With `flat=True` each rank gets its B rows as one sequence, shape (1, B*T), for
-document-masked attention.
+Order. An epoch visits every shard once, in an order drawn from (seed, epoch), and
+cuts each shard's rows into *blocks* of one global batch: rows drawn at random from
+the whole shard (seed, epoch, shard), so the rows of one step come from all over the
+text rather than one passage. With `flat=True` each rank gets its B rows as one
+sequence, shape (1, B*T), for document-masked attention: there a block's rows stay
+contiguous (the sequence is a stretch of the token stream) and the blocks are shuffled.
+Batch k depends only on (seed, k) and the files: a resumed run (`load_state_dict`)
+sees exactly the tokens it would have seen. When every shard is used up the next
+epoch starts (logged), reshuffled. `shuffle=False`: offset 0, contiguous rows, file order.
 """
 from pathlib import Path
 
@@ -90,8 +94,8 @@ class TokenLoader:
         self.epoch = 0
         self._shard_pos = 0  # index into this epoch's shard order
         self._block_pos = 0  # index into the current shard's block order
-        self._cache = (None, None, None)  # (file index, tokens, row starts)
-        self._order_cache = (None, None)  # ((epoch, file index, blocks), block order)
+        self._cache = (None, None, None)  # (file index, tokens, row starts at offset 0)
+        self._order_cache = (None, None)  # ((epoch, file index), blocks of this shard visit)
         self._epoch_batches = 0
         if not align_to_docs:
             n = [read_shard(f).shape[0] for f in self.files]  # validates every header now
@@ -110,25 +114,39 @@ class TokenLoader:
             return np.arange(len(self.files))
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.files))
 
-    def _shard(self, fi):
-        """(tokens, row starts (blocks, rows)) of file `fi`, cached for the current file."""
+    def _rows(self, fi):
+        """(tokens, row starts at offset 0 (n_rows,)) of file `fi`, cached for the current file."""
         if self._cache[0] != fi:
             tokens = read_shard(self.files[fi], self.vocab_size)
             if self.align_to_docs:
                 starts = doc_aligned_starts(tokens, self.eot_id, self.T)
             else:
                 starts = np.arange(0, len(tokens) - self.T, self.T, dtype=np.int64)
-            n_blocks = len(starts) // self.rows
-            self._cache = (fi, tokens, starts[:n_blocks * self.rows].reshape(n_blocks, self.rows))
+            self._cache = (fi, tokens, starts)
         return self._cache[1], self._cache[2]
 
-    def _block_order(self, epoch, fi, n_blocks):
-        key = (epoch, fi, n_blocks)
-        if self._order_cache[0] != key:  # drawn once per shard visit, not per step
-            order = (np.random.default_rng([self.seed, epoch, fi]).permutation(n_blocks) if self.shuffle
-                     else np.arange(n_blocks))
-            self._order_cache = (key, order)
-        return self._order_cache[1]
+    def _blocks(self, epoch, fi):
+        """(tokens, row starts of each global batch (n_blocks, rows)) of file `fi` in `epoch`;
+        drawn once per shard visit, not per step. The number of blocks does not depend on the
+        epoch: the offset only moves rows within the tokens left over after the last block."""
+        tokens, starts = self._rows(fi)
+        n_blocks = len(starts) // self.rows
+        key = (epoch, fi)
+        if self._order_cache[0] != key:
+            if not self.shuffle:
+                blocks = starts[:n_blocks * self.rows].reshape(n_blocks, self.rows)
+            else:
+                rng = np.random.default_rng([self.seed, epoch, fi])
+                if not self.align_to_docs:
+                    slack = len(tokens) - 1 - n_blocks * self.rows * self.T  # tokens after the last block
+                    offset = int(rng.integers(min(self.T, slack + 1)))
+                    starts = np.arange(offset, len(tokens) - self.T, self.T, dtype=np.int64)
+                if self.flat:  # contiguous rows, blocks in random order
+                    blocks = starts[:n_blocks * self.rows].reshape(n_blocks, self.rows)[rng.permutation(n_blocks)]
+                else:  # rows from anywhere in the shard
+                    blocks = rng.permutation(starts)[:n_blocks * self.rows].reshape(n_blocks, self.rows)
+            self._order_cache = (key, blocks)
+        return tokens, self._order_cache[1]
 
     def _next_block(self):
         """(tokens, row starts of the next global batch (rows,)), advancing the position."""
@@ -145,15 +163,15 @@ class TokenLoader:
                           f"(all {len(self.files)} train shard(s) used; reshuffled)")
                 continue
             fi = int(order[self._shard_pos])
-            tokens, blocks = self._shard(fi)
+            tokens, blocks = self._blocks(self.epoch, fi)
             if self._block_pos >= len(blocks):
                 self._shard_pos += 1
                 self._block_pos = 0
                 continue
-            k = int(self._block_order(self.epoch, fi, len(blocks))[self._block_pos])
+            block = blocks[self._block_pos]
             self._block_pos += 1
             self._epoch_batches += 1
-            return tokens, blocks[k]
+            return tokens, block
 
     # -------------------------------------------------------------- batches
     def next_batch(self):

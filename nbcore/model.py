@@ -620,6 +620,9 @@ class GPT(LanguageModel):
             make = lambda w: dense_mask(mask_rule(cache.docs, w), B, T, Tk, idx.device, q_offset=cache.length)
         else:
             docs = document_ids(idx, eot)
+            if docs is not None and self.config["attn_backend"] != "flex" and idx.device.type != "cuda" \
+                    and not bool((idx[:, 1:] == eot).any()):
+                docs = None  # no row crosses a document boundary: plain causal masking (SDPA's causal kernel)
             if self.config["attn_backend"] == "flex":
                 make = lambda w: block_mask(mask_rule(docs, None if w is None else torch.tensor(w, device=idx.device)),
                                             B if docs is not None else None, T, idx.device)

@@ -135,6 +135,22 @@ def test_document_masking():
     assert torch.equal(mask[:, 0, 12:, 12:], torch.ones(2, T - 12, T - 12, dtype=torch.bool).tril())
 
 
+def test_rows_without_a_boundary_use_the_causal_kernel():
+    """A batch where no row crosses a document boundary (an eot only at position 0, or none)
+    takes SDPA's causal path, with the same outputs as the document mask gives."""
+    m = tiny("gpt", window_long=T, window_short=T, zero_init=False)
+    idx = tokens()
+    idx[:, 0] = EOT
+    assert m.layer_masks(idx) == ["causal"] * m.num_layers
+    dense = attention.dense_mask(attention.mask_rule(attention.document_ids(idx, EOT)), 2, T, T)
+    with torch.no_grad():
+        want = m(idx)
+        m.layer_masks = lambda idx, window=None, cache=None: [dense] * m.num_layers
+        torch.testing.assert_close(m(idx), want)
+    idx[1, 7] = EOT  # a boundary inside a row: the document mask again
+    assert all(torch.is_tensor(mk) for mk in tiny("gpt", window_long=T, window_short=T).layer_masks(idx))
+
+
 def test_sliding_window():
     m = tiny("gpt", num_layers=1)  # one layer: influence reaches exactly `window` positions
     idx = tokens()
