@@ -52,6 +52,13 @@ GPT_DEFAULTS = {
     "attn_backend": "auto",    # "flex", "sdpa" or "auto" (flex on CUDA, sdpa elsewhere)
     "compile": None,           # torch.compile the blocks; None = on CUDA only
     "vocab_multiple": 128,     # head rows padded to a multiple (speed); extra logits cut off
+    # The January-2025 record's choices, off here (each is a switch; speedrun_8xh100.yaml turns them on):
+    "qkv_split": False,        # Muon orthogonalises Q, K and V as three matrices (record: True)
+    "attn_scale": None,        # attention logit scale; None = 0.12 with QK-norm, else 1/sqrt(Dh)
+    "learn_attn_scale": True,  # the scale is a parameter (Adam, scalars group); record: fixed (False)
+    "attn_off_layers": (),     # layer indices with no attention at all, MLP only (record: (7,))
+    "v_lambda": False,         # layers without a value embedding scale v by a learned lambda (record: True)
+    "max_seq_len": None,       # longest sequence accepted (rotary tables); None = seq_len (record: 4x64K for val)
 }
 NANOGPT_DEFAULTS = {
     "mlp_ratio": 4,
@@ -71,6 +78,7 @@ LLAMA3_DEFAULTS = {
     "compile": None,
 }
 ARCH_DEFAULTS = {"gpt": GPT_DEFAULTS, "nanogpt": NANOGPT_DEFAULTS, "llama3": LLAMA3_DEFAULTS}
+EVAL_CHUNK_TOKENS = 32768  # without gradients, longer inputs get their logits this many positions at a time
 
 # Named sizes: kwargs for build_model (add arch, vocab_size, seq_len). With arch="gpt",
 # vocab_size=50257 and default switches they count (all parameters, embeddings included):
@@ -207,19 +215,33 @@ class LanguageModel(nn.Module):
         (None = the configured window_long); only "gpt" with sliding_window=True uses it.
         """
         self.check_input(idx, targets)
-        with self.autocast():
-            logits = self.logits_from(self.hidden(idx, window=window))  # (B, T, V)
-        if targets is None:
-            return logits
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        with self.autocast():
+            h = self.hidden(idx, window=window)  # (B, T, D)
+            if targets is not None and not torch.is_grad_enabled() and idx.numel() > EVAL_CHUNK_TOKENS:
+                return self.chunked_loss(h, targets, reduction)
+            logits = self.logits_from(h)  # (B, T, V)
+        if targets is None:
+            return logits
         B, T, V = logits.shape
         loss = F.cross_entropy(logits.view(B * T, V), targets.reshape(B * T), ignore_index=-100,
                                reduction=reduction)
         return loss.view(B, T) if reduction == "none" else loss
 
+    def chunked_loss(self, h, targets, reduction):
+        """Loss without gradients from hidden states h (B, T, D), EVAL_CHUNK_TOKENS positions at a
+        time: a long validation sequence (the record's 4 x 64K tokens) never holds all (B, T, V) logits."""
+        h, t = h.reshape(-1, h.size(-1)), targets.reshape(-1)  # (B·T, D), (B·T,)
+        losses = torch.cat([F.cross_entropy(self.logits_from(h[i:i + EVAL_CHUNK_TOKENS]), t[i:i + EVAL_CHUNK_TOKENS],
+                                            ignore_index=-100, reduction="none")
+                            for i in range(0, t.numel(), EVAL_CHUNK_TOKENS)])
+        if reduction == "none":
+            return losses.view(targets.shape)
+        return losses.sum() if reduction == "sum" else losses.sum() / (t != -100).sum()
+
     def check_input(self, idx, targets=None, max_len=None):
-        max_len = max_len or self.seq_len
+        max_len = max_len or getattr(self, "max_seq_len", self.seq_len)
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
             got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, torch.Tensor) else type(idx).__name__
             raise ValueError(f"idx must be a (B, T) int64 tensor of token ids, got {got}")
@@ -437,14 +459,16 @@ class GPTAttention(nn.Module):
     """Merged QKV, QK-norm, partial rotary, value-embedding mixing, learned attention scale."""
 
     def __init__(self, dim, num_heads, head_dim, seq_len, *, qk_norm, rotary_fraction, value_embed,
-                 compiled_flex=False):
+                 compiled_flex=False, scale=None, learn_scale=True, v_lambda=False):
         super().__init__()
         self.num_heads, self.head_dim, self.qk_norm = num_heads, head_dim, qk_norm
         self.qkv = nn.Linear(dim, 3 * num_heads * head_dim, bias=False)  # weight (3·H·Dh, D)
         self.proj = nn.Linear(num_heads * head_dim, dim, bias=False)
         # 0.12 is the speedrun's scale for QK-normed heads; without QK-norm the usual 1/sqrt(Dh)
-        self.scale = nn.Parameter(torch.tensor(0.12 if qk_norm else head_dim ** -0.5))
-        self.v_mix = nn.Parameter(torch.tensor([0.5, 0.5])) if value_embed else None
+        scale = scale or (0.12 if qk_norm else head_dim ** -0.5)
+        self.scale = nn.Parameter(torch.tensor(scale)) if learn_scale else float(scale)
+        # v_mix (2,): [λ_v, λ_ve]; with v_lambda a layer without value embedding keeps it and uses λ_v
+        self.v_mix = nn.Parameter(torch.tensor([0.5, 0.5])) if value_embed or v_lambda else None
         self.rotary = (Rotary(head_dim, seq_len, rotary_frequencies(head_dim, fraction=rotary_fraction))
                        if rotary_fraction > 0 else None)
         self.compiled_flex = compiled_flex
@@ -462,6 +486,8 @@ class GPTAttention(nn.Module):
             q, k = self.rotary(q, offset), self.rotary(k, offset)
         if ve is not None:
             v = self.v_mix[0] * v + self.v_mix[1] * ve.view(B, T, H, Dh)
+        elif self.v_mix is not None:  # v_lambda: the record scales v by a learned lambda here too
+            v = self.v_mix[0] * v
         q = q * self.scale
         q, k, v = (t.to(qkv.dtype).transpose(1, 2) for t in (q, k, v))  # (B, H, T, Dh)
         if cache is not None:
@@ -478,15 +504,17 @@ class GPTBlock(nn.Module):
         D, Dh = cfg["model_dim"], cfg["head_dim"]
         self.layer = layer
         self.x0_mix = nn.Parameter(torch.tensor([1.0, 0.0])) if cfg["x0_mix"] else None
-        self.attn = GPTAttention(D, cfg["num_heads"], Dh, cfg["seq_len"], qk_norm=cfg["qk_norm"],
-                                 rotary_fraction=cfg["rotary_fraction"], value_embed=value_embed,
-                                 compiled_flex=compiled_flex)
+        self.attn = None if layer in cfg["attn_off_layers"] else GPTAttention(
+            D, cfg["num_heads"], Dh, cfg["max_seq_len"], qk_norm=cfg["qk_norm"],
+            rotary_fraction=cfg["rotary_fraction"], value_embed=value_embed, compiled_flex=compiled_flex,
+            scale=cfg["attn_scale"], learn_scale=cfg["learn_attn_scale"], v_lambda=cfg["v_lambda"])
         self.mlp = MLP(D, int(cfg["mlp_ratio"] * D), cfg["mlp_act"])
 
     def forward(self, x, x0, ve=None, mask=None, cache=None):
         if self.x0_mix is not None:
             x = self.x0_mix[0] * x + self.x0_mix[1] * x0
-        x = x + self.attn(norm(x), ve, mask, cache, self.layer)
+        if self.attn is not None:  # attn_off_layers: MLP only
+            x = x + self.attn(norm(x), ve, mask, cache, self.layer)
         return x + self.mlp(norm(x))
 
 
@@ -520,6 +548,12 @@ class GPT(LanguageModel):
             raise ModelConfigError(f"softcap must be >= 0 (0 disables), got {cfg['softcap']!r}")
         if cfg["eot_id"] is not None and not 0 <= cfg["eot_id"] < cfg["vocab_size"]:
             raise ModelConfigError(f"eot_id {cfg['eot_id']} is outside the vocabulary (size {cfg['vocab_size']})")
+        off = cfg["attn_off_layers"] = tuple(sorted({int(i) for i in cfg["attn_off_layers"] or ()}))
+        if any(not 0 <= i < L for i in off):
+            raise ModelConfigError(f"attn_off_layers {list(off)} must be layer indices in [0, {L})")
+        if cfg["attn_scale"] is not None and not cfg["attn_scale"] > 0:
+            raise ModelConfigError(f"attn_scale must be > 0 (or None for the default), got {cfg['attn_scale']!r}")
+        cfg["max_seq_len"] = max(int(cfg["max_seq_len"] or cfg["seq_len"]), cfg["seq_len"])
         cfg["window_long"] = cfg["window_long"] or cfg["seq_len"]
         cfg["window_short"] = cfg["window_short"] or max(1, cfg["window_long"] // 2)
         if not 1 <= cfg["window_short"] <= cfg["window_long"]:
@@ -558,6 +592,7 @@ class GPT(LanguageModel):
         L, D, V, H, Dh = cfg["num_layers"], cfg["model_dim"], cfg["vocab_size"], cfg["num_heads"], cfg["head_dim"]
         self.ve_layers = value_embed_layers(L, cfg["value_embeds"])
         self.long_layers = long_window_layers(L)
+        self.max_seq_len = cfg["max_seq_len"]
         self.embed = nn.Embedding(V, D)
         self.value_embeds = nn.ModuleList(nn.Embedding(V, H * Dh) for _ in range(cfg["value_embeds"]))
         flex_compiled = cfg["attn_backend"] == "flex" and (cfg["compile"] or torch.device(cfg["device"]).type == "cuda")
@@ -573,8 +608,9 @@ class GPT(LanguageModel):
         for emb in self.value_embeds:
             nn.init.normal_(emb.weight)
         for block in self.blocks:
-            init_linear(block.attn.qkv.weight)
-            init_linear(block.attn.proj.weight, zero)
+            if block.attn is not None:
+                init_linear(block.attn.qkv.weight)
+                init_linear(block.attn.proj.weight, zero)
             init_linear(block.mlp.fc.weight)
             init_linear(block.mlp.proj.weight, zero)
         if self.head is not None:
@@ -602,9 +638,10 @@ class GPT(LanguageModel):
 
     def attention_contexts(self, seq_len, window=None):
         long, short = self.windows(window)
+        off = self.config["attn_off_layers"]
         if long is None:
-            return [seq_len] * self.num_layers
-        return [min(seq_len, long if is_long else short) for is_long in self.long_layers]
+            return [0 if i in off else seq_len for i in range(self.num_layers)]
+        return [0 if i in off else min(seq_len, long if is_long else short) for i, is_long in enumerate(self.long_layers)]
 
     def layer_masks(self, idx, window=None, cache=None) -> list:
         """One attention mask per layer for tokens idx (B, T): BlockMask (flex) or bool (B, 1, T, Tk)."""
@@ -667,12 +704,14 @@ class GPT(LanguageModel):
         """hidden_matrices (Muon): every 2-D weight inside the blocks; embed (Adam): token and
         value embeddings; head (Adam); scalars (Adam): lambdas, skip weights, attention scales."""
         hidden = [p for p in self.blocks.parameters() if p.dim() == 2]
+        # qkv_split: the merged (3·H·Dh, D) weight is Q, K and V; Muon orthogonalises them one by one
+        splits = {b.attn.qkv.weight: 3 for b in self.blocks if b.attn is not None} if self.config["qkv_split"] else {}
         embed = [self.embed.weight] + [e.weight for e in self.value_embeds]
         head = [self.head.weight] if self.head is not None else []
         taken = {id(p) for p in hidden + embed + head}
         scalars = [p for p in self.parameters() if id(p) not in taken]
         return self.check_groups([
-            {"name": "hidden_matrices", "optimizer": "muon", "params": hidden, "weight_decay": True},
+            {"name": "hidden_matrices", "optimizer": "muon", "params": hidden, "weight_decay": True, "splits": splits},
             {"name": "embed", "optimizer": "adam", "params": embed, "weight_decay": False},
             {"name": "head", "optimizer": "adam", "params": head, "weight_decay": False},
             {"name": "scalars", "optimizer": "adam", "params": scalars, "weight_decay": False},
