@@ -1,0 +1,231 @@
+"""speedrun_8xh100 against the record it follows (Modded-NanoGPT #21, 2025-01-26), switch by switch, at
+tiny size; and the maths of the later records' optimiser switches (Polar Express, NorMuon, cautious WD).
+
+Each "record" side below is written from the record's own train_gpt.py (its shapes, its loader, its
+Muon, its window formula), independently of nbcore, and compared with nbcore under the switches."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nbcore import launch, model as model_mod, optim, paths
+from nbcore.loader import TokenLoader, pack_bos_bestfit, val_batches
+from nbcore.model import build_model
+from nbcore.shards import write_shard
+
+V, EOT = 64, 63
+L, H, D = 12, 2, 32  # the record's depth; tiny width (Dh = 16)
+RECORD = {"qkv_split": True, "learn_attn_scale": False, "attn_off_layers": (7,), "v_lambda": True}
+
+
+def tiny(**switches):
+    return build_model("gpt", V, L, H, D, 64, device="cpu", seed=0, eot_id=EOT, **switches)
+
+
+def record_param_count(V, L, D, hdim, vocab_multiple=128):
+    """The record's GPT: embed, 3 value embeds, blocks (lambdas 2, MLP 4D, attention except block 7:
+    qkv_w (3, hdim, D), lambdas 2, c_proj), skip weights for the L - L//2 decoder layers, padded head."""
+    n = V * D + 3 * V * D
+    for i in range(L):
+        n += 2 + 2 * 4 * D * D
+        if i != 7:
+            n += 3 * hdim * D + 2 + D * hdim
+    n += L - L // 2
+    return n + -(-V // vocab_multiple) * vocab_multiple * D
+
+
+def test_record_switches_give_the_record_architecture():
+    m = tiny(**RECORD)
+    assert m.num_params() == record_param_count(V, L, D, H * (D // H))
+    assert [b.attn is not None for b in m.blocks] == [i != 7 for i in range(L)]
+    assert m.ve_layers == [0, 1, 2] + [None] * 6 + [0, 1, 2]
+    assert [i for i, x in enumerate(m.long_layers) if x] == [0, 4, 7, 11]
+    for b in m.blocks:  # every attention layer has its (2,) lambdas; the scale is a constant 0.12
+        if b.attn is not None:
+            assert b.attn.v_mix.shape == (2,) and b.attn.scale == 0.12
+            assert not isinstance(b.attn.scale, torch.nn.Parameter)
+    # ours: layer 7 attends, a learned scale per layer, no v lambda where there is no value embedding
+    ours = tiny()
+    attn = 3 * H * (D // H) * D + D * H * (D // H)
+    assert ours.num_params() - m.num_params() == attn + L - 5 * 2  # +layer 7, +12 scales, -lambdas of layers 3-6, 8
+    assert m.attention_contexts(64)[7] == 0 and ours.attention_contexts(64)[7] > 0
+    # a layer without value embedding really uses its lambda: lambda 0 -> v = 0 -> no attention output
+    blk = m.blocks[4]
+    x = torch.randn(1, 8, D)
+    with torch.no_grad():
+        blk.attn.proj.weight.normal_()
+        assert blk.attn(x).abs().sum() > 0
+        blk.attn.v_mix.zero_()
+        assert blk.attn(x).abs().sum() == 0
+    loss = m(torch.randint(0, V, (2, 64)), torch.randint(0, V, (2, 64)))
+    loss.backward()
+    assert math.isfinite(loss.item())
+
+
+def _record_newton_schulz(G, steps=5):
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    X = G.float()
+    tall = G.size(-2) > G.size(-1)
+    X = X.mT if tall else X
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.mT if tall else X
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_muon_updates_q_k_v_separately_like_the_record(split):
+    """One Muon step on a merged QKV weight: with qkv_split the record's update (each of Q, K, V
+    orthogonalised, scale max(1, hdim/D)^0.5 = 1); without, one (3·hdim, D) matrix scaled by √3."""
+    m = tiny(**RECORD) if split else tiny()
+    W = m.blocks[0].attn.qkv.weight
+    torch.manual_seed(1)
+    G = torch.randn_like(W)
+    W0 = W.detach().clone()
+    opts = optim.build_optimizers(m.configure_optimizers(), optim.default_lrs("gpt"))
+    W.grad = G.clone()
+    opts[0].step()
+    lr, mom = 0.05, 0.95
+    buf = (1 - mom) * G  # momentum buffer from zeros
+    U = G.lerp(buf, mom)  # Nesterov
+    if split:
+        O = torch.cat([_record_newton_schulz(u) for u in U.view(3, -1, D)])  # scale 1
+    else:
+        O = _record_newton_schulz(U) * math.sqrt(3)
+    torch.testing.assert_close(W.detach(), W0 - lr * O, rtol=1e-4, atol=1e-6)
+
+
+def test_record_window_ramp():
+    """The record: window = next_multiple_of_n(1728 * step / 1770, n=128) tokens."""
+    def record(step, n=128, steps=1770):
+        v = 1728 * step / steps
+        return next(x for x in range(n, int(v) + 1 + n, n) if x >= v)
+    assert all(optim.window_size(s / 1770, 128, 1792, 128, ramp="record") == record(s) for s in range(1771))
+    assert optim.window_size(0.5, 128, 1792, 128) != record(885)  # ours: 128 + p * 1664
+    with pytest.raises(ValueError, match="window ramp"):
+        optim.window_size(0.5, ramp="cosine")
+
+
+def _record_stream(files, batch_size, rank, world_size):
+    """The record's distributed_data_generator: shards in order, pos advances by the global batch."""
+    local = batch_size // world_size
+    it = iter(files)
+    tokens, pos = np.fromfile(next(it), dtype="<u2", offset=1024).astype(np.int64), 0
+    while True:
+        if pos + batch_size + 1 >= len(tokens):
+            tokens, pos = np.fromfile(next(it), dtype="<u2", offset=1024).astype(np.int64), 0
+        buf = tokens[pos + rank * local:][:local + 1]
+        yield buf[:-1], buf[1:]
+        pos += batch_size
+
+
+@pytest.fixture
+def shards(tmp_path):
+    rng = np.random.default_rng(0)
+    files = []
+    for i, n in enumerate([300, 230]):  # 300 - 2 = 298 tokens: 4 global batches of 64, then shard 2
+        toks = rng.integers(0, EOT, size=n)
+        toks[rng.random(n) < 0.1] = EOT
+        files.append(write_shard(tmp_path / f"train_{i + 1:06d}.bin", toks, V))
+    write_shard(tmp_path / "val_000000.bin", rng.integers(0, V, size=1000), V)
+    return tmp_path, files
+
+
+def test_stream_layout_is_the_records_stream(shards):
+    """layout='stream' with B=1: each rank's batch equals the record's loader's, across a shard change."""
+    _, files = shards
+    T, W = 32, 2
+    for rank in range(W):
+        ours = TokenLoader(files, 1, T, rank=rank, world_size=W, layout="stream", eot_id=EOT)
+        ref = _record_stream(files, W * T, rank, W)
+        for _ in range(12):  # 4 batches of shard 1 (298 // 64), 3 of shard 2, then an epoch wraps
+            x, y = ours.next_batch()
+            rx, ry = next(ref) if ours.epoch == 0 else (None, None)
+            if rx is None:
+                break
+            assert x.shape == (1, T)
+            assert np.array_equal(x[0].numpy(), rx) and np.array_equal(y[0].numpy(), ry)
+    # B > 1: the same contiguous B*T tokens cut into rows
+    a = TokenLoader(files, 2, 16, rank=1, world_size=2, layout="stream")
+    b = _record_stream(files, 64, 1, 2)
+    x, y = a.next_batch()
+    rx, _ = next(b)
+    assert np.array_equal(x.numpy().reshape(-1), rx)
+
+
+def test_stream_layout_resumes_and_refuses_other_layout(shards):
+    _, files = shards
+    a = TokenLoader(files, 1, 32, layout="stream")
+    for _ in range(3):
+        a.next_batch()
+    b = TokenLoader(files, 1, 32, layout="stream")
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.next_batch()[0], b.next_batch()[0])
+    with pytest.raises(ValueError, match="layout"):
+        TokenLoader(files, 1, 32).load_state_dict(a.state_dict())
+    with pytest.raises(ValueError, match="layout="):
+        TokenLoader(files, 1, 32, layout="packed")
+
+
+def test_bos_aligned_best_fit_by_hand():
+    """Documents (eot first) of lengths 3, 2, 5, 2, 9 into rows of 5: row 1 takes the 5; row 2 the
+    3 then the first 2; row 3 the other 2, then nothing fits 3 tokens: the 9 is cropped to 3."""
+    toks = np.array([9, 1, 2, 9, 3, 9, 4, 5, 6, 7, 9, 8, 9, 1, 1, 1, 1, 1, 1, 1, 1])
+    assert pack_bos_bestfit(toks, 9, 5).tolist() == [[9, 4, 5, 6, 7], [9, 1, 2, 9, 3], [9, 8, 9, 1, 1]]
+    assert pack_bos_bestfit(toks, 9, 5, buffer_docs=1).tolist() == [[9, 1, 2, 9, 3], [9, 4, 5, 6, 7], [9, 8, 9, 1, 1]]
+
+
+def test_bos_aligned_layout_rows_start_documents(shards):
+    _, files = shards
+    ld = TokenLoader(files, 2, 16, rank=0, world_size=2, layout="bos_aligned", eot_id=EOT, seed=3)
+    packed = [pack_bos_bestfit(np.fromfile(f, dtype="<u2", offset=1024), EOT, 17) for f in files]
+    rows = {tuple(r) for p in packed for r in p}
+    for _ in range(4):
+        x, y = ld.next_batch()
+        assert x.shape == (2, 16) and (x[:, 0] == EOT).all() and torch.equal(x[:, 1:], y[:, :-1])
+        assert all(tuple(np.append(x[b].numpy(), y[b, -1].item())) in rows for b in range(2))
+    with pytest.raises(ValueError, match="eot_id"):
+        TokenLoader(files, 2, 16, layout="bos_aligned")
+
+
+def test_record_val_layout(shards):
+    """val_batches with B=1 and T = the record's val_seq_len per rank is the record's val loader
+    (contiguous per rank, from the start of the val shard): here 2 ranks, T=128."""
+    d, _ = shards
+    val = [d / "val_000000.bin"]
+    for rank in range(2):
+        ref = _record_stream(val, 2 * 128, rank, 2)
+        for x, y in val_batches(val, 1, 128, rank=rank, world_size=2, max_tokens=3 * 256):
+            rx, ry = next(ref)
+            assert np.array_equal(x[0].numpy(), rx) and np.array_equal(y[0].numpy(), ry)
+
+
+def test_long_val_sequences_chunked_loss_equals_full(monkeypatch):
+    m = tiny(**RECORD, max_seq_len=256)
+    idx, tgt = torch.randint(0, V, (1, 200)), torch.randint(0, V, (1, 200))
+    tgt[0, :5] = -100
+    with torch.no_grad():
+        full = m(idx, tgt, reduction="none")
+        monkeypatch.setattr(model_mod, "EVAL_CHUNK_TOKENS", 37)
+        torch.testing.assert_close(m(idx, tgt, reduction="none"), full)
+        torch.testing.assert_close(m(idx, tgt), full[0, 5:].mean())
+    with pytest.raises(ValueError, match="exceeds"):
+        m(torch.zeros(1, 257, dtype=torch.long))
+    with pytest.raises(model_mod.ModelConfigError, match="attn_off_layers"):
+        tiny(attn_off_layers=(12,))
+
+
+def test_speedrun_yaml_names_the_record_and_sets_its_values():
+    path = paths.PARAMS_DIR / "speedrun_8xh100.yaml"
+    text = path.read_text()
+    assert "#21" in text and "2025-01-26" in text and "Jan 27 16:55:02 2025" in text
+    p = next(c for c in launch.load_plan(path)["chapters"] if c["notebook"] == "04_train")["parameters"]
+    assert (p["num_steps"], p["window_ramp"], p["loader_layout"]) == (1770, "record", "stream")
+    assert p["batch_size"] * p["seq_len"] * 8 == 8 * 48 * 1024
+    assert (p["val_tokens"], p["val_seq_len"], p["val_batch_size"]) == (10485760, 4 * 64 * 1024, 1)
+    assert p["val_tokens"] % (8 * p["val_seq_len"]) == 0
+    opts = dict(p["model_options"])
+    assert opts.pop("fp8_head") is True
+    assert {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()} == RECORD
