@@ -3,6 +3,7 @@ tiny size; and the maths of the later records' optimiser switches (Polar Express
 
 Each "record" side below is written from the record's own train_gpt.py (its shapes, its loader, its
 Muon, its window formula), independently of nbcore, and compared with nbcore under the switches."""
+import json
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ from nbcore import launch, model as model_mod, optim, paths
 from nbcore.loader import TokenLoader, pack_bos_bestfit, val_batches
 from nbcore.model import build_model
 from nbcore.shards import write_shard
+from test_train import tiny_data  # noqa: F401  (the session fixture: tokenizer and shards)
 
 V, EOT = 64, 63
 L, H, D = 12, 2, 32  # the record's depth; tiny width (Dh = 16)
@@ -229,3 +231,74 @@ def test_speedrun_yaml_names_the_record_and_sets_its_values():
     opts = dict(p["model_options"])
     assert opts.pop("fp8_head") is True
     assert {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()} == RECORD
+
+
+# ---------------------------------------------------------------- the later records' optimiser switches
+def test_polar_express_by_hand_and_closer_to_orthogonal_than_newton_schulz():
+    torch.manual_seed(0)
+    G = torch.randn(48, 160) * torch.logspace(0, -3, 48)[:, None]  # singular values over 3 decades
+    X = G / (G.norm() * 1.02 + 1e-6)
+    for a, b, c in optim.POLAR_EXPRESS_COEFFS:
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    torch.testing.assert_close(optim.polar_express(G), X, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(optim.polar_express(G.T), X.T, rtol=1e-4, atol=1e-5)  # tall: via the wide side
+    pe, ns = torch.linalg.svdvals(X), torch.linalg.svdvals(optim.newton_schulz(G))
+    assert (pe - 1).abs().max() < (ns - 1).abs().max()  # per-iteration coefficients land nearer 1
+    assert (pe - 1).abs().median() < 0.15
+
+
+def test_normuon_by_hand():
+    torch.manual_seed(0)
+    O = torch.randn(3, 6, 4)  # tall: one second moment per row
+    buf = torch.zeros(3, 6, 1)
+    out = optim.normuon_normalize(O, buf, beta2=0.9)
+    m = 0.1 * O.square().mean(dim=-1, keepdim=True)
+    torch.testing.assert_close(buf, m)
+    ref = O / m.sqrt()
+    ref = ref * O.norm(dim=(-2, -1), keepdim=True) / ref.norm(dim=(-2, -1), keepdim=True)
+    torch.testing.assert_close(out, ref)
+    row_rms = out.square().mean(dim=-1)  # rows now have equal mean squares within each matrix
+    torch.testing.assert_close(row_rms, row_rms[..., :1].expand_as(row_rms))
+    wide = torch.zeros(1, 6)
+    optim.normuon_normalize(torch.randn(4, 6), wide, 0.9)  # wide: one per column
+    assert (wide > 0).all()
+
+
+def test_muon_cautious_weight_decay_and_normuon_steps_by_hand():
+    torch.manual_seed(3)
+    W = torch.nn.Parameter(torch.randn(8, 24))
+    W0 = W.detach().clone()
+    opt = optim.Muon([W], lr=0.1, momentum=0.9, weight_decay=0.5, cautious_wd=True, normuon=True, beta2=0.8,
+                     orthogonalizer="polar_express")
+    g = torch.randn(8, 24)
+    W.grad = g.clone()
+    opt.step()
+    u = g.lerp(0.1 * g, 0.9)
+    O = optim.normuon_normalize(optim.polar_express(u), torch.zeros(1, 24), 0.8)  # scale 1 (wide)
+    mask = (O * W0) >= 0
+    torch.testing.assert_close(W.detach(), W0 - 0.1 * 0.5 * mask * W0 - 0.1 * O, rtol=1e-5, atol=1e-6)
+    assert 0 < mask.float().mean() < 1  # some weights decayed, some not
+    assert opt.state[W]["second_moment"].shape == (1, 24)
+    with pytest.raises(ValueError, match="orthogonalizer"):
+        optim.Muon([W], orthogonalizer="svd")
+
+
+# ---------------------------------------------------------------- 04 with every new switch on
+@pytest.mark.slow
+def test_04_runs_with_the_record_layout_and_the_new_switches(tmp_path, tiny_data, runs_dir):
+    from test_train import _outputs, _train
+
+    out = _train(tmp_path, tiny_data, name="rec", batch_size=1, seq_len=128, num_steps=4, val_interval=2,
+                 val_tokens=1024, val_seq_len=256, val_batch_size=1, loader_layout="stream", window_ramp="record",
+                 window_min=32, window_max=128, window_block=32, muon_orthogonalizer="polar_express", normuon=True,
+                 muon_cautious_wd=True, muon_weight_decay=0.1,
+                 model_options={"qkv_split": True, "learn_attn_scale": False, "attn_off_layers": [1], "v_lambda": True})
+    (run,) = runs_dir.glob("*_rec")
+    s = json.loads((run / "summary.json").read_text())
+    cfg = s["model_config"]
+    assert cfg["max_seq_len"] == 256 and cfg["attn_off_layers"] == [1] and cfg["qkv_split"] is True
+    assert s["final"]["steps"] == 4 and math.isfinite(s["final"]["val_loss"])
+    text, _ = _outputs(out)
+    assert "loader layout 'stream'" in text and "(B, T) = (1, 256) per rank = 1,024 tokens" in text
+    assert "x: (B, T) = (1, 128)" in text
