@@ -59,6 +59,13 @@ GPT_DEFAULTS = {
     "attn_off_layers": (),     # layer indices with no attention at all, MLP only (record: (7,))
     "v_lambda": False,         # layers without a value embedding scale v by a learned lambda (record: True)
     "max_seq_len": None,       # longest sequence accepted (rotary tables); None = seq_len (record: 4x64K for val)
+    # The 2025-26 records' tricks, off here (speedrun_2026_8xh100.yaml turns them on). Training progress
+    # reaches the model through set_progress(progress), which 04 calls once per step.
+    "mtp_tokens": 1,           # multi-token prediction: each position also scores the next mtp_tokens-1 targets,
+                               #   weights annealed by stage (mtp_weights); 1 = next token only
+    "tie_until": 0.0,          # head and embedding tied (the head's rows are looked up) until this fraction
+                               #   of training, then the embedding starts from the head's rows; 0 = never tied
+    "fp8_mlp": False,          # FP8 matmuls for the MLP projections in training (CUDA, Hopper or newer only)
 }
 NANOGPT_DEFAULTS = {
     "mlp_ratio": 4,
@@ -224,10 +231,17 @@ class LanguageModel(nn.Module):
             logits = self.logits_from(h)  # (B, T, V)
         if targets is None:
             return logits
+        w = self.mtp_weights_now() if self.training and reduction == "mean" else None
+        if w is not None and len(w) > 1:
+            return multi_token_loss(logits, targets, w)
         B, T, V = logits.shape
         loss = F.cross_entropy(logits.view(B * T, V), targets.reshape(B * T), ignore_index=-100,
                                reduction=reduction)
         return loss.view(B, T) if reduction == "none" else loss
+
+    def mtp_weights_now(self):
+        """Weights of the next 1, 2, ... targets in the training loss (None = next token only)."""
+        return None
 
     def chunked_loss(self, h, targets, reduction):
         """Loss without gradients from hidden states h (B, T, D), EVAL_CHUNK_TOKENS positions at a
@@ -381,6 +395,33 @@ class LanguageModel(nn.Module):
         return f"arch={self.config['arch']!r}, params={self.num_params():,}"
 
 
+def mtp_weights(progress: float, n: int) -> list:
+    """The records' multi-token-prediction weights at `progress` for n predicted tokens.
+
+    Training is cut into n equal stages; in stage s the targets 1 .. n-s count with weights
+    1, 1/2, 1/4, ..., the last of them fading linearly to 0 across the stage (n=3, the
+    records': [1, .5, .25 -> 0], then [1, .5 -> 0], then [1])."""
+    p = min(max(float(progress), 0.0), 1.0)
+    stage = min(int(p * n), n - 1)
+    w = [0.5 ** k for k in range(n - stage)]
+    if len(w) > 1:
+        w[-1] *= 1 - (p * n - stage)
+    return w
+
+
+def multi_token_loss(logits, targets, weights):
+    """sum_k weights[k] * mean CE(logits at t, targets at t + k): the same prediction also scored
+    against the tokens after the next (targets past a row's end are ignored). (B, T, V), (B, T)."""
+    B, T, V = logits.shape
+    total = 0.0
+    for k, w in enumerate(weights):
+        if w == 0 or k >= T:
+            continue
+        t = F.pad(targets[:, k:], (0, k), value=-100)  # (B, T): the target k tokens later
+        total = total + w * F.cross_entropy(logits.reshape(B * T, V), t.reshape(B * T), ignore_index=-100)
+    return total
+
+
 def sample(logits, temperature=1.0, top_k=None, generator=None):
     """Next token from last-position logits (B, V) -> (B, 1)."""
     if temperature == 0 or top_k == 1:
@@ -443,16 +484,17 @@ def value_embed_layers(num_layers: int, count: int) -> list:
 class MLP(nn.Module):
     """x (B, T, D) -> (B, T, D) through a hidden layer of mlp_ratio·D with ReLU² or GELU."""
 
-    def __init__(self, dim, hidden, act="relu2"):
+    def __init__(self, dim, hidden, act="relu2", fp8=False):
         super().__init__()
         self.fc = nn.Linear(dim, hidden, bias=False)
         self.proj = nn.Linear(hidden, dim, bias=False)
-        self.act = act
+        self.act, self.fp8 = act, fp8
 
     def forward(self, x):
-        h = self.fc(x)  # (B, T, mlp_ratio·D)
+        fp8 = self.fp8 and self.training and (x.numel() // x.size(-1)) % 16 == 0  # fp8_mlp: checked in resolve
+        h = fp8_linear(x, self.fc.weight) if fp8 else self.fc(x)  # (B, T, mlp_ratio·D)
         h = F.relu(h).square() if self.act == "relu2" else F.gelu(h)
-        return self.proj(h)
+        return fp8_linear(h, self.proj.weight).to(x.dtype) if fp8 else self.proj(h)
 
 
 class GPTAttention(nn.Module):
@@ -508,7 +550,7 @@ class GPTBlock(nn.Module):
             D, cfg["num_heads"], Dh, cfg["max_seq_len"], qk_norm=cfg["qk_norm"],
             rotary_fraction=cfg["rotary_fraction"], value_embed=value_embed, compiled_flex=compiled_flex,
             scale=cfg["attn_scale"], learn_scale=cfg["learn_attn_scale"], v_lambda=cfg["v_lambda"])
-        self.mlp = MLP(D, int(cfg["mlp_ratio"] * D), cfg["mlp_act"])
+        self.mlp = MLP(D, int(cfg["mlp_ratio"] * D), cfg["mlp_act"], cfg["fp8_mlp"])
 
     def forward(self, x, x0, ve=None, mask=None, cache=None):
         if self.x0_mix is not None:
@@ -554,6 +596,18 @@ class GPT(LanguageModel):
         if cfg["attn_scale"] is not None and not cfg["attn_scale"] > 0:
             raise ModelConfigError(f"attn_scale must be > 0 (or None for the default), got {cfg['attn_scale']!r}")
         cfg["max_seq_len"] = max(int(cfg["max_seq_len"] or cfg["seq_len"]), cfg["seq_len"])
+        if not (isinstance(cfg["mtp_tokens"], int) and cfg["mtp_tokens"] >= 1):
+            raise ModelConfigError(f"mtp_tokens must be an int >= 1 (1 = next token only), got {cfg['mtp_tokens']!r}")
+        if not 0 <= cfg["tie_until"] < 1:
+            raise ModelConfigError(f"tie_until must lie in [0, 1) (a fraction of training), got {cfg['tie_until']!r}")
+        if cfg["tie_until"] and cfg["tie_embeddings"]:
+            raise ModelConfigError("tie_until unties part-way and needs tie_embeddings=False")
+        if cfg["fp8_mlp"] and not (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)):
+            log.warning(f"nbcore.model: fp8_mlp needs a Hopper (or newer) CUDA GPU, not {device}; "
+                        f"using {cfg['dtype']} MLP matmuls")
+            cfg["fp8_mlp"] = False
+        elif cfg["fp8_mlp"] and (D % 16 or int(cfg["mlp_ratio"] * D) % 16):
+            raise ModelConfigError(f"fp8_mlp needs model_dim ({D}) and the MLP width to be multiples of 16")
         cfg["window_long"] = cfg["window_long"] or cfg["seq_len"]
         cfg["window_short"] = cfg["window_short"] or max(1, cfg["window_long"] // 2)
         if not 1 <= cfg["window_short"] <= cfg["window_long"]:
@@ -593,6 +647,11 @@ class GPT(LanguageModel):
         self.ve_layers = value_embed_layers(L, cfg["value_embeds"])
         self.long_layers = long_window_layers(L)
         self.max_seq_len = cfg["max_seq_len"]
+        self.tied_now = cfg["tie_until"] > 0  # tie_until: tied until set_progress passes it
+        if self.tied_now:  # saved with the weights, so a resumed run knows whether it has untied
+            self.register_buffer("tied", torch.tensor(True))
+            self.register_load_state_dict_post_hook(lambda m, _: setattr(m, "tied_now", bool(m.tied)))
+        self.mtp_now = mtp_weights(0.0, cfg["mtp_tokens"])
         self.embed = nn.Embedding(V, D)
         self.value_embeds = nn.ModuleList(nn.Embedding(V, H * Dh) for _ in range(cfg["value_embeds"]))
         flex_compiled = cfg["attn_backend"] == "flex" and (cfg["compile"] or torch.device(cfg["device"]).type == "cuda")
@@ -614,7 +673,9 @@ class GPT(LanguageModel):
             init_linear(block.mlp.fc.weight)
             init_linear(block.mlp.proj.weight, zero)
         if self.head is not None:
-            init_linear(self.head.weight, zero)
+            init_linear(self.head.weight, zero and not self.tied_now)
+            if self.tied_now:  # tied for now: the head's rows are the embedding (the records' std 0.005)
+                nn.init.normal_(self.head.weight, std=0.005)
 
     def lookup_tables(self):
         tables = [emb.weight for emb in self.value_embeds]
@@ -673,7 +734,8 @@ class GPT(LanguageModel):
     def hidden(self, idx, window=None, cache=None):
         """idx (B, T) -> final normalised hidden states (B, T, D)."""
         masks = self.layer_masks(idx, window, cache)
-        x = x0 = norm(self.embed(idx))  # (B, T, D)
+        table = self.head.weight if self.tied_now else self.embed.weight  # tie_until: the head's rows, for now
+        x = x0 = norm(F.embedding(idx, table))  # (B, T, D)
         ve = [emb(idx) for emb in self.value_embeds]  # each (B, T, H·Dh)
         skips = []
         L = self.num_layers
@@ -699,6 +761,19 @@ class GPT(LanguageModel):
         logits = logits[..., :V].float()
         cap = self.config["softcap"]
         return cap * torch.tanh(logits / cap) if cap else logits
+
+    def set_progress(self, progress: float) -> None:
+        """Move the switches that follow training progress in [0, 1]: the multi-token-prediction
+        weights (mtp_tokens), and untying at tie_until (the embedding starts from the head's rows)."""
+        self.mtp_now = mtp_weights(progress, self.config["mtp_tokens"])
+        if self.tied_now and progress >= self.config["tie_until"]:
+            with torch.no_grad():
+                self.embed.weight.copy_(self.head.weight[:self.vocab_size])
+                self.tied.fill_(False)
+            self.tied_now = False
+
+    def mtp_weights_now(self):
+        return self.mtp_now
 
     def configure_optimizers(self):
         """hidden_matrices (Muon): every 2-D weight inside the blocks; embed (Adam): token and

@@ -342,11 +342,11 @@ def muon_momentum(step: int, warmup_steps: int = 300, start: float = 0.85, end: 
     return (1 - frac) * start + frac * end
 
 
-WINDOW_RAMPS = ("linear", "record")
+WINDOW_RAMPS = ("linear", "record", "stages")
 
 
 def window_size(progress: float, min_window: int = 128, max_window: int = 1792, block: int = 128,
-                ramp: str = "linear") -> int:
+                ramp: str = "linear", stages=()) -> int:
     """Sliding-window warm-up: the attention window grows linearly with progress, in whole blocks.
 
     Returns a multiple of `block` between `min_window` and `max_window` tokens (FlexAttention
@@ -354,10 +354,17 @@ def window_size(progress: float, min_window: int = 128, max_window: int = 1792, 
     ramp "linear": min_window + progress * (max_window - min_window), rounded up to a block.
     ramp "record": the January-2025 records' progress * (max_window - block/2) rounded up
     (1728 * step / 1770 -> 128 ... 1792 there), at least min_window.
+    ramp "stages": training cut into len(stages) equal stages, stage i using stages[i] tokens (the
+    2025-26 records' window schedule by stage, e.g. 3, 7, 11 blocks of 128), rounded up to a block.
     """
     if ramp not in WINDOW_RAMPS:
         raise ValueError(f"window ramp {ramp!r}: use one of {', '.join(WINDOW_RAMPS)}")
+    if ramp == "stages" and not stages:
+        raise ValueError("window ramp 'stages' needs stages: the long window (tokens) of each stage")
     p = min(max(float(progress), 0.0), 1.0)
+    if ramp == "stages":
+        w = block * math.ceil(stages[min(int(p * len(stages)), len(stages) - 1)] / block)
+        return int(min(max(w, block), max_window))
     w = min_window + p * (max_window - min_window) if ramp == "linear" else p * (max_window - block / 2)
     w = block * math.ceil(w / block)
     return int(min(max(w, block * math.ceil(min_window / block)), max_window))

@@ -302,3 +302,86 @@ def test_04_runs_with_the_record_layout_and_the_new_switches(tmp_path, tiny_data
     text, _ = _outputs(out)
     assert "loader layout 'stream'" in text and "(B, T) = (1, 256) per rank = 1,024 tokens" in text
     assert "x: (B, T) = (1, 128)" in text
+
+
+# ---------------------------------------------------------------- the later records' model and schedule switches
+def test_window_stages():
+    ws = [optim.window_size(p / 12, 128, 1792, 128, ramp="stages", stages=(384, 896, 1408)) for p in range(13)]
+    assert ws == [384] * 4 + [896] * 4 + [1408] * 5
+    assert optim.window_size(0.5, 128, 512, 128, ramp="stages", stages=(100, 700)) == 512  # block-rounded, capped
+    with pytest.raises(ValueError, match="needs stages"):
+        optim.window_size(0.5, ramp="stages")
+
+
+def test_mtp_weights_are_the_records_schedule():
+    def record(x):  # the 2025-12-22 record's schedule for 3 predicted tokens
+        if x < 1 / 3:
+            return [1.0, 0.5, 0.25 * (1 - 3 * x)]
+        if x < 2 / 3:
+            return [1.0, 0.5 * (1 - (3 * x - 1))]
+        return [1.0]
+    for s in range(0, 1001, 7):
+        assert model_mod.mtp_weights(s / 1000, 3) == pytest.approx(record(s / 1000))
+    assert model_mod.mtp_weights(0.3, 1) == [1.0]
+
+
+def test_multi_token_loss_by_hand():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(2, 6, 11), torch.randint(0, 11, (2, 6))
+    w = [1.0, 0.5, 0.2]
+    lse = logits.logsumexp(-1)  # (B, T)
+    ref = 0.0
+    for k, wk in enumerate(w):  # position t scored against targets[t + k], where that exists
+        ce = lse[:, :6 - k] - logits[:, :6 - k].gather(-1, targets[:, k:, None])[..., 0]
+        ref += wk * ce.mean()
+    torch.testing.assert_close(model_mod.multi_token_loss(logits, targets, w), ref)
+    m = tiny(mtp_tokens=3)
+    idx, tgt = torch.randint(0, V, (2, 64)), torch.randint(0, V, (2, 64))
+    m.set_progress(0.0)
+    with torch.no_grad():
+        lg = m(idx)
+        torch.testing.assert_close(m(idx, tgt), model_mod.multi_token_loss(lg, tgt, [1.0, 0.5, 0.25]))
+        m.eval()  # validation: next token only
+        torch.testing.assert_close(m(idx, tgt), model_mod.multi_token_loss(lg, tgt, [1.0]))
+
+
+def test_tie_until_ties_then_unties_and_resumes_untied():
+    m = tiny(tie_until=0.5)
+    assert m.tied_now and m.head.weight.abs().max() > 0  # tied: the head's rows start small, not zero
+    idx = torch.randint(0, V, (2, 64))
+    m(idx, idx).backward()
+    assert m.embed.weight.grad is None and m.head.weight.grad[:V].abs().sum() > 0  # lookups train the head
+    m.set_progress(0.4)
+    assert m.tied_now
+    m.set_progress(0.5)
+    assert not m.tied_now and torch.equal(m.embed.weight, m.head.weight[:V])
+    m.zero_grad()
+    m(idx, idx).backward()
+    assert m.embed.weight.grad.abs().sum() > 0
+    again = tiny(tie_until=0.5)
+    again.load_state_dict(m.state_dict())
+    assert not again.tied_now  # a resumed run stays untied; set_progress copies nothing
+    again.set_progress(0.9)
+    assert torch.equal(again.embed.weight, m.embed.weight)
+    with pytest.raises(model_mod.ModelConfigError, match="tie_until"):
+        tiny(tie_until=1.5)
+
+
+def test_fp8_mlp_guarded_and_close_to_full_precision(caplog):
+    m = tiny(fp8_mlp=True)
+    assert m.config["fp8_mlp"] is False and "Hopper" in caplog.text  # no CUDA here: plain matmuls
+    torch.manual_seed(0)
+    mlp = model_mod.MLP(32, 128, fp8=True)
+    ref = model_mod.MLP(32, 128)
+    ref.load_state_dict(mlp.state_dict())
+    x = torch.randn(4, 16, 32, requires_grad=True)
+    y = mlp(x)  # the FP8 path (torch._scaled_mm also runs on CPU)
+    y_ref = ref(x)
+    assert (y - y_ref).norm() / y_ref.norm() < 0.1 and y.dtype == x.dtype
+    y.square().sum().backward()
+    g = mlp.fc.weight.grad
+    ref.zero_grad()
+    y_ref.square().sum().backward()
+    assert (g - ref.fc.weight.grad).norm() / ref.fc.weight.grad.norm() < 0.15
+    mlp.eval()
+    torch.testing.assert_close(mlp(x), ref(x))  # evaluation stays in full precision
