@@ -385,3 +385,21 @@ def test_fp8_mlp_guarded_and_close_to_full_precision(caplog):
     assert (g - ref.fc.weight.grad).norm() / ref.fc.weight.grad.norm() < 0.15
     mlp.eval()
     torch.testing.assert_close(mlp(x), ref(x))  # evaluation stays in full precision
+
+
+def test_speedrun_2026_yaml_names_its_record_and_only_it_turns_the_tricks_on():
+    sets = {p.stem: launch.load_plan(p) for p in paths.PARAMS_DIR.glob("*.yaml")}
+    assert "#84" in (paths.PARAMS_DIR / "speedrun_2026_8xh100.yaml").read_text()
+    tricks = {"muon_orthogonalizer": "newton_schulz", "normuon": False, "muon_cautious_wd": False,
+              "window_ramp": ("linear", "record")}
+    model_tricks = ("mtp_tokens", "tie_until", "fp8_mlp")
+    for name, plan in sets.items():
+        p = next((c["parameters"] for c in plan["chapters"] if c["notebook"] == "04_train"), {})
+        on = name == "speedrun_2026_8xh100"
+        for k, off in tricks.items():
+            v = p.get(k, off[0] if isinstance(off, tuple) else off)
+            assert (v not in (off if isinstance(off, tuple) else (off,))) == on, (name, k)
+        opts = p.get("model_options") or {}
+        assert all((k in opts) == on for k in model_tricks), name
+    p = next(c["parameters"] for c in sets["speedrun_2026_8xh100"]["chapters"] if c["notebook"] == "04_train")
+    assert p["model_options"]["mtp_tokens"] == 3 and p["window_stages"] == [384, 896, 1408]
