@@ -403,3 +403,17 @@ def test_speedrun_2026_yaml_names_its_record_and_only_it_turns_the_tricks_on():
         assert all((k in opts) == on for k in model_tricks), name
     p = next(c["parameters"] for c in sets["speedrun_2026_8xh100"]["chapters"] if c["notebook"] == "04_train")
     assert p["model_options"]["mtp_tokens"] == 3 and p["window_stages"] == [384, 896, 1408]
+
+
+def test_bench_train_can_switch_each_option_on():
+    from nbcore import bench_train
+    from nbcore.bench import main  # noqa: F401  (the CLI that registers --set)
+
+    o = bench_train.gpt_overrides(["normuon=true", "muon_orthogonalizer=polar_express", "window_stages=[64, 128]",
+                                   "model_options.mtp_tokens=3", "model_options.qkv_split=true"])
+    assert o == {"normuon": True, "muon_orthogonalizer": "polar_express", "window_stages": [64, 128],
+                 "model_options": {"mtp_tokens": 3, "qkv_split": True}}
+    plan = launch.apply_overrides(launch.load_plan(paths.PARAMS_DIR / "shakespeare_cpu.yaml"), o)
+    assert next(c for c in plan["chapters"] if c["notebook"] == "04_train")["parameters"]["normuon"] is True
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        bench_train.gpt_overrides(["normuon"])
