@@ -734,8 +734,8 @@ class GPT(LanguageModel):
     def hidden(self, idx, window=None, cache=None):
         """idx (B, T) -> final normalised hidden states (B, T, D)."""
         masks = self.layer_masks(idx, window, cache)
-        table = self.head.weight if self.tied_now else self.embed.weight  # tie_until: the head's rows, for now
-        x = x0 = norm(F.embedding(idx, table))  # (B, T, D)
+        e = F.embedding(idx, self.head.weight) if self.tied_now else self.embed(idx)  # tie_until: the head's rows, for now
+        x = x0 = norm(e)  # (B, T, D)
         ve = [emb(idx) for emb in self.value_embeds]  # each (B, T, H·Dh)
         skips = []
         L = self.num_layers
