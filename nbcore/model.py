@@ -762,15 +762,19 @@ class GPT(LanguageModel):
         cap = self.config["softcap"]
         return cap * torch.tanh(logits / cap) if cap else logits
 
-    def set_progress(self, progress: float) -> None:
+    def set_progress(self, progress: float) -> bool:
         """Move the switches that follow training progress in [0, 1]: the multi-token-prediction
-        weights (mtp_tokens), and untying at tie_until (the embedding starts from the head's rows)."""
+        weights (mtp_tokens), and untying at tie_until (the embedding starts from the head's rows).
+        Returns True at the call that unties (then give the embedding the head's optimiser state:
+        optim.copy_state(optimizers, model.head.weight, model.embed.weight))."""
         self.mtp_now = mtp_weights(progress, self.config["mtp_tokens"])
         if self.tied_now and progress >= self.config["tie_until"]:
             with torch.no_grad():
                 self.embed.weight.copy_(self.head.weight[:self.vocab_size])
                 self.tied.fill_(False)
             self.tied_now = False
+            return True
+        return False
 
     def mtp_weights_now(self):
         return self.mtp_now
@@ -783,6 +787,8 @@ class GPT(LanguageModel):
         splits = {b.attn.qkv.weight: 3 for b in self.blocks if b.attn is not None} if self.config["qkv_split"] else {}
         embed = [self.embed.weight] + [e.weight for e in self.value_embeds]
         head = [self.head.weight] if self.head is not None else []
+        if self.config["tie_until"]:  # the embedding continues the head's rows: it trains like the head (as #84)
+            embed, head = embed[1:], head + embed[:1]
         taken = {id(p) for p in hidden + embed + head}
         scalars = [p for p in self.parameters() if id(p) not in taken]
         return self.check_groups([

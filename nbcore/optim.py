@@ -379,6 +379,18 @@ def apply_schedules(optimizers, lr_mult: float, momentum: float | None = None) -
                 pg["momentum"] = momentum
 
 
+def copy_state(optimizers, src, dst) -> bool:
+    """Give parameter `dst` a copy of `src`'s optimiser state (its first rows when dst has fewer),
+    e.g. an embedding untied from the head part-way (tie_until) continues the head's Adam moments
+    instead of starting with sign-sized steps. Returns whether any state was copied."""
+    for opt in optimizers:
+        if src in opt.state and any(dst is p for g in opt.param_groups for p in g["params"]):
+            opt.state[dst] = {k: (v[:dst.shape[0]] if torch.is_tensor(v) and v.shape == src.shape else v).clone()
+                              if torch.is_tensor(v) else v for k, v in opt.state[src].items()}
+            return True
+    return False
+
+
 def zero_grad(optimizers) -> None:
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
@@ -392,4 +404,4 @@ def step_all(optimizers) -> None:
 __all__ = ["NS_COEFFS", "POLAR_EXPRESS_COEFFS", "ORTHOGONALIZERS", "WINDOW_RAMPS", "SPEEDRUN_LRS",
            "newton_schulz", "polar_express", "orthogonalize", "normuon_normalize", "muon_scale", "Muon", "default_lrs",
            "build_optimizers", "describe", "lr_factor", "muon_momentum", "window_size",
-           "apply_schedules", "zero_grad", "step_all"]
+           "apply_schedules", "copy_state", "zero_grad", "step_all"]

@@ -417,3 +417,22 @@ def test_bench_train_can_switch_each_option_on():
     assert next(c for c in plan["chapters"] if c["notebook"] == "04_train")["parameters"]["normuon"] is True
     with pytest.raises(ValueError, match="NAME=VALUE"):
         bench_train.gpt_overrides(["normuon"])
+
+
+def test_untied_embedding_continues_the_heads_adam_state():
+    m = tiny(tie_until=0.5)
+    groups = {g["name"]: g["params"] for g in m.configure_optimizers()}
+    assert any(p is m.embed.weight for p in groups["head"])  # trains like the head (record #84)
+    assert not any(p is m.embed.weight for p in groups["embed"])
+    opts = optim.build_optimizers(m.configure_optimizers(), optim.default_lrs("gpt"))
+    idx = torch.randint(0, V, (2, 64))
+    for _ in range(2):
+        m(idx, idx).backward()
+        optim.step_all(opts)
+        optim.zero_grad(opts)
+    assert m.embed.weight not in opts[1].state  # tied: the embedding never stepped
+    assert m.set_progress(0.5) and not m.set_progress(0.6)  # True once, at the untying
+    assert optim.copy_state(opts, m.head.weight, m.embed.weight)
+    st, sh = opts[1].state[m.embed.weight], opts[1].state[m.head.weight]
+    assert torch.equal(st["exp_avg"], sh["exp_avg"][:V]) and st["exp_avg"].shape == m.embed.weight.shape
+    assert st["exp_avg"] is not sh["exp_avg"] and int(st["step"]) == 2
