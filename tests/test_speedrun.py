@@ -293,7 +293,8 @@ def test_04_runs_with_the_record_layout_and_the_new_switches(tmp_path, tiny_data
                  val_tokens=1024, val_seq_len=256, val_batch_size=1, loader_layout="stream", window_ramp="record",
                  window_min=32, window_max=128, window_block=32, muon_orthogonalizer="polar_express", normuon=True,
                  muon_cautious_wd=True, muon_weight_decay=0.1,
-                 model_options={"qkv_split": True, "learn_attn_scale": False, "attn_off_layers": [1], "v_lambda": True})
+                 model_options={"qkv_split": True, "learn_attn_scale": False, "attn_off_layers": [1], "v_lambda": True,
+                                "mtp_tokens": 2, "tie_until": 0.5})
     (run,) = runs_dir.glob("*_rec")
     s = json.loads((run / "summary.json").read_text())
     cfg = s["model_config"]
@@ -302,6 +303,10 @@ def test_04_runs_with_the_record_layout_and_the_new_switches(tmp_path, tiny_data
     text, _ = _outputs(out)
     assert "loader layout 'stream'" in text and "(B, T) = (1, 256) per rank = 1,024 tokens" in text
     assert "x: (B, T) = (1, 128)" in text
+    blob = torch.load(sorted((run / "checkpoints").glob("step_*.pt"))[-1], map_location="cpu", weights_only=False)
+    sd = blob["model"]
+    assert not bool(sd["tied"])  # untied at half-way by progress_of -> set_progress
+    assert not torch.equal(sd["embed.weight"], sd["head.weight"][:sd["embed.weight"].shape[0]])  # trained apart since
 
 
 # ---------------------------------------------------------------- the later records' model and schedule switches
