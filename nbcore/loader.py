@@ -33,6 +33,7 @@ Layouts (`layout`), which parameter set uses which is said in its YAML:
   cropped tails are dropped. Rows are then drawn as in "rows" (shuffled) or in order.
 """
 import bisect
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -288,15 +289,39 @@ class TokenLoader:
 
 
 # ---------------------------------------------------------------- validation
-def val_batch_count(files, batch_size: int, seq_len: int, world_size: int = 1, max_tokens: int | None = None) -> int:
+VAL_LAYOUTS = ("rows", "bos_aligned")
+
+
+@functools.lru_cache(maxsize=4)
+def _packed_val(path: str, mtime: float, seq_len: int, eot_id: int) -> np.ndarray:
+    """A val shard packed into document-aligned rows of T + 1 (computed once per shard and T)."""
+    return pack_bos_bestfit(read_shard(path), eot_id, seq_len + 1).reshape(-1)
+
+
+def _val_layout(f, seq_len, layout, eot_id):
+    """(tokens, row stride, rows available) of one val shard in `layout`."""
+    if layout not in VAL_LAYOUTS:
+        raise ValueError(f"val layout {layout!r}: use one of {', '.join(VAL_LAYOUTS)}")
+    if layout == "rows":
+        tokens = read_shard(f)
+        return tokens, seq_len, (len(tokens) - 1) // seq_len
+    if eot_id is None:
+        raise ValueError("val layout 'bos_aligned' needs eot_id (the tokenizer's <|endoftext|> id)")
+    tokens = _packed_val(str(f), Path(f).stat().st_mtime, seq_len, int(eot_id))
+    return tokens, seq_len + 1, len(tokens) // (seq_len + 1)
+
+
+def val_batch_count(files, batch_size: int, seq_len: int, world_size: int = 1, max_tokens: int | None = None,
+                    layout: str = "rows", eot_id: int | None = None) -> int:
     """How many global val batches `val_batches` yields (the same on every rank)."""
     files = _resolve(files, "val")
     per = batch_size * world_size * seq_len
-    n = sum((read_shard(f).shape[0] - 1) // per for f in files)
+    n = sum(_val_layout(f, seq_len, layout, eot_id)[2] // (batch_size * world_size) for f in files)
     if n == 0:
         have = sum(read_shard(f).shape[0] for f in files)
         raise ValueError(f"the val shard(s) hold {have} tokens, fewer than one global val batch of "
-                         f"{per + 1} (world_size*B*T + 1); lower the val batch size or seq_len")
+                         f"{per + 1} (world_size*B*T + 1{', in whole documents' if layout != 'rows' else ''}); "
+                         f"lower the val batch size or seq_len")
     if max_tokens is not None:
         if max_tokens < per:
             raise ValueError(f"max_tokens={max_tokens} is less than one global val batch ({per} tokens)")
@@ -305,22 +330,25 @@ def val_batch_count(files, batch_size: int, seq_len: int, world_size: int = 1, m
 
 
 def val_batches(files, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1,
-                max_tokens: int | None = None, device="cpu", flat: bool = False):
+                max_tokens: int | None = None, device="cpu", flat: bool = False, layout: str = "rows",
+                eot_id: int | None = None):
     """Iterate (x, y) over the val shards in order: each global batch of world_size*B
     contiguous rows of T, this rank's rows [rank*B:(rank+1)*B]. Every rank gets the same
-    number of batches; at most `max_tokens` tokens per global pass (whole batches)."""
+    number of batches; at most `max_tokens` tokens per global pass (whole batches).
+    layout "rows": rows cut from the token stream (start mid-document; with B=1 and a long T,
+    the records' val layout); "bos_aligned": the shard packed as the training layout of that
+    name (rows start documents; cropped tails not scored), needs eot_id."""
     files = _resolve(files, "val")
-    n = val_batch_count(files, batch_size, seq_len, world_size, max_tokens)
+    n = val_batch_count(files, batch_size, seq_len, world_size, max_tokens, layout, eot_id)
     rows, T = batch_size * world_size, seq_len
     offs = np.arange(T + 1)
     done = 0
     for f in files:
-        tokens = read_shard(f)
-        for k in range((len(tokens) - 1) // (rows * T)):
+        tokens, stride, available = _val_layout(f, T, layout, eot_id)
+        for k in range(available // rows):
             if done == n:
                 return
-            base = k * rows * T + rank * batch_size * T
-            starts = base + np.arange(batch_size) * T  # (B,)
+            starts = (k * rows + rank * batch_size + np.arange(batch_size)) * stride  # (B,)
             buf = np.asarray(tokens[starts[:, None] + offs], dtype=np.int64)  # (B, T+1)
             x, y = buf[:, :-1], buf[:, 1:]
             if flat:

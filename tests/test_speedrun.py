@@ -290,7 +290,8 @@ def test_04_runs_with_the_record_layout_and_the_new_switches(tmp_path, tiny_data
     from test_train import _outputs, _train
 
     out = _train(tmp_path, tiny_data, name="rec", batch_size=1, seq_len=128, num_steps=4, val_interval=2,
-                 val_tokens=1024, val_seq_len=256, val_batch_size=1, loader_layout="stream", window_ramp="record",
+                 val_tokens=1024, val_seq_len=256, val_batch_size=1, val_layout="bos_aligned", loader_layout="stream",
+                 window_ramp="record",
                  window_min=32, window_max=128, window_block=32, muon_orthogonalizer="polar_express", normuon=True,
                  muon_cautious_wd=True, muon_weight_decay=0.1,
                  model_options={"qkv_split": True, "learn_attn_scale": False, "attn_off_layers": [1], "v_lambda": True,
@@ -301,7 +302,7 @@ def test_04_runs_with_the_record_layout_and_the_new_switches(tmp_path, tiny_data
     assert cfg["max_seq_len"] == 256 and cfg["attn_off_layers"] == [1] and cfg["qkv_split"] is True
     assert s["final"]["steps"] == 4 and math.isfinite(s["final"]["val_loss"])
     text, _ = _outputs(out)
-    assert "loader layout 'stream'" in text and "(B, T) = (1, 256) per rank = 1,024 tokens" in text
+    assert "loader layout 'stream'; validation (bos_aligned)" in text and "(1, 256) per rank = 1,024 tokens" in text
     assert "x: (B, T) = (1, 128)" in text
     blob = torch.load(sorted((run / "checkpoints").glob("step_*.pt"))[-1], map_location="cpu", weights_only=False)
     sd = blob["model"]
@@ -441,3 +442,22 @@ def test_untied_embedding_continues_the_heads_adam_state():
     st, sh = opts[1].state[m.embed.weight], opts[1].state[m.head.weight]
     assert torch.equal(st["exp_avg"], sh["exp_avg"][:V]) and st["exp_avg"].shape == m.embed.weight.shape
     assert st["exp_avg"] is not sh["exp_avg"] and int(st["step"]) == 2
+
+
+def test_bos_aligned_val_layout(shards):
+    d, _ = shards
+    val = [d / "val_000000.bin"]
+    toks = np.fromfile(val[0], dtype="<u2", offset=1024)
+    toks[::37] = EOT  # documents in the val shard
+    write_shard(val[0], toks, V)
+    packed = pack_bos_bestfit(toks, EOT, 17)
+    from nbcore.loader import val_batch_count
+    n = val_batch_count(val, 2, 16, 2, layout="bos_aligned", eot_id=EOT)
+    assert n == len(packed) // 4
+    per_rank = [list(val_batches(val, 2, 16, rank=r, world_size=2, layout="bos_aligned", eot_id=EOT)) for r in range(2)]
+    for k in range(n):
+        x = torch.cat([per_rank[r][k][0] for r in range(2)])  # the global batch: 4 packed rows in order
+        assert torch.equal(x, torch.from_numpy(packed[4 * k:4 * k + 4, :-1].astype(np.int64)))
+        assert (x[:, 0] == EOT).all()
+    with pytest.raises(ValueError, match="eot_id"):
+        list(val_batches(val, 2, 16, layout="bos_aligned"))
