@@ -673,9 +673,10 @@ class GPT(LanguageModel):
             init_linear(block.mlp.fc.weight)
             init_linear(block.mlp.proj.weight, zero)
         if self.head is not None:
-            init_linear(self.head.weight, zero and not self.tied_now)
-            if self.tied_now:  # tied for now: the head's rows are the embedding (the records' std 0.005)
+            if self.tied_now:  # tie_until: the head's rows are the embedding for now (the records' std 0.005)
                 nn.init.normal_(self.head.weight, std=0.005)
+            else:
+                init_linear(self.head.weight, zero)
 
     def lookup_tables(self):
         tables = [emb.weight for emb in self.value_embeds]
@@ -781,7 +782,9 @@ class GPT(LanguageModel):
 
     def configure_optimizers(self):
         """hidden_matrices (Muon): every 2-D weight inside the blocks; embed (Adam): token and
-        value embeddings; head (Adam); scalars (Adam): lambdas, skip weights, attention scales."""
+        value embeddings; head (Adam); scalars (Adam): lambdas, skip weights, attention scales.
+        With tie_until the token embedding trains in the head's group; with qkv_split the Muon group
+        carries "splits" {qkv weight: 3}."""
         hidden = [p for p in self.blocks.parameters() if p.dim() == 2]
         # qkv_split: the merged (3·H·Dh, D) weight is Q, K and V; Muon orthogonalises them one by one
         splits = {b.attn.qkv.weight: 3 for b in self.blocks if b.attn is not None} if self.config["qkv_split"] else {}
