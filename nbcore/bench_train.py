@@ -1,6 +1,11 @@
 """Sample-efficiency benchmark: our `gpt` (Muon) against our nanoGPT baseline (AdamW), same time budget.
 
     python -m nbcore.bench train --text ../shared/data/tinyshakespeare.txt --seconds 70
+    python -m nbcore.bench train --gpt-only --seed 1 --set normuon=true --set model_options.mtp_tokens=3
+
+`--set NAME=VALUE` (repeatable; VALUE read as YAML) changes a 04 parameter of the `gpt` run only,
+`--set model_options.KEY=VALUE` one model switch, so each of the records' switches can be tried
+against the default in one command (`--gpt-only` skips the baseline; `--seed` sets both runs' seed).
 
 Both runs go through `papermill_params/shakespeare_cpu.yaml` (01 -> 02 -> 04) with the same text,
 tokenizer, shards and `max_seconds` (the training loop's own time; validation and start-up are
@@ -54,6 +59,24 @@ def _fmt(x, unit=""):
     return "not reached" if x is None else f"{x:.1f}{unit}"
 
 
+def gpt_overrides(settings) -> dict:
+    """["name=value", "model_options.key=value", ...] -> overrides for the gpt run (values parsed as YAML)."""
+    from .launch import parse_value
+
+    out, model_options = {}, {}
+    for item in settings or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--set {item!r}: use NAME=VALUE or model_options.KEY=VALUE")
+        if name.startswith("model_options."):
+            model_options[name.removeprefix("model_options.")] = parse_value(value)
+        else:
+            out[name] = parse_value(value)
+    if model_options:
+        out["model_options"] = {**(out.get("model_options") or {}), **model_options}
+    return out
+
+
 def run_train(args) -> int:
     from . import launch
     from .bench import _table
@@ -75,15 +98,25 @@ def run_train(args) -> int:
     launch.run_plan(prep, only={"01", "02"})
     time.sleep(5)
     results = {}
-    for label, extra in (("gpt + Muon", {"arch": "gpt"}), ("nanogpt + AdamW", BASELINE)):
+    gpt = {"arch": "gpt", **gpt_overrides(args.set)}
+    label = "gpt + Muon" + (" + " + " ".join(args.set) if args.set else "")
+    jobs = [(label, gpt)] + ([] if args.gpt_only else [("nanogpt + AdamW", BASELINE)])
+    for label, extra in jobs:
         plan = launch.load_plan(yaml_path)
         overrides = {**common, **extra, "name": f"bench-{extra['arch']}"}
         plan = launch.apply_overrides(plan, overrides)
+        if args.seed is not None:  # the model's init and data order; the shards (02's seed) stay as they are
+            next(ch for ch in plan["chapters"] if ch["notebook"].startswith("04"))["parameters"]["seed"] = args.seed
         run = launch.run_plan(plan, nproc=args.nproc)
         curve = nats_per_char(run, chars)
         s = json.loads((run / "summary.json").read_text())["final"]
         results[label] = {"run": run, "curve": curve, "final": curve[-1][1], "steps": s["steps"],
                           "tokens": s["tokens_seen"], "seconds": s["wall_seconds"]}
+    if args.gpt_only:
+        (a, ra), = results.items()
+        print(f"\n{a}: {ra['final']:.3f} nats/char after {ra['seconds']:.1f} s ({ra['steps']} steps, "
+              f"{ra['tokens']:,} tokens; seed {args.seed if args.seed is not None else 0}); run: {ra['run']}")
+        return 0
     (a, ra), (b, rb) = results.items()
     rows = []
     for (name, r), (other, ro) in (((a, ra), (b, rb)), ((b, rb), (a, ra))):
@@ -111,4 +144,8 @@ def add_train(sub):
     p.add_argument("--seconds", type=float, default=70.0, help="training seconds per run (default 70)")
     p.add_argument("--nproc", type=int, default=1, help="processes per run (default 1)")
     p.add_argument("--threads", type=int, default=0, help="OMP threads (0 = torch's default)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a 04 parameter for the gpt run (repeatable), e.g. normuon=true, model_options.mtp_tokens=3")
+    p.add_argument("--seed", type=int, default=None, help="seed of both runs (default: the parameter set's)")
+    p.add_argument("--gpt-only", action="store_true", help="run only the gpt model (no nanoGPT baseline)")
     p.set_defaults(run=run_train)

@@ -20,7 +20,20 @@ contiguous (the sequence is a stretch of the token stream) and the blocks are sh
 Batch k depends only on (seed, k) and the files: a resumed run (`load_state_dict`)
 sees exactly the tokens it would have seen. When every shard is used up the next
 epoch starts (logged), reshuffled. `shuffle=False`: offset 0, contiguous rows, file order.
+
+Layouts (`layout`), which parameter set uses which is said in its YAML:
+- "rows" (default, all presets but the speedrun): the rows above.
+- "stream": the Modded-NanoGPT records' (speedrun_8xh100): the shards in file order, read as one
+  stream; each step takes the next world_size*B*T (+1) tokens and rank r gets its contiguous
+  B*T of them (with B = 1, one long sequence whose documents the model masks from each other).
+  A shard is left when fewer than a global batch + 2 tokens remain (as the record does).
+- "bos_aligned": nanochat's: every row starts with a document's first token (<|endoftext|>);
+  rows are filled best-fit from a buffer of documents (the largest that fits, again and again),
+  and when none fits the shortest is cropped to fill the row exactly. No token is padding; the
+  cropped tails are dropped. Rows are then drawn as in "rows" (shuffled) or in order.
 """
+import bisect
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -66,24 +79,80 @@ def doc_aligned_starts(tokens: np.ndarray, eot_id: int, seq_len: int) -> np.ndar
     return np.asarray(starts, dtype=np.int64)
 
 
+LAYOUTS = ("rows", "stream", "bos_aligned")
+
+
+def pack_bos_bestfit(tokens: np.ndarray, bos_id: int, row_len: int, buffer_docs: int = 1000) -> np.ndarray:
+    """Documents -> rows of `row_len` tokens, each starting with a document (nanochat's best fit).
+
+    A document runs from one `bos_id` to the next (tokens before the first are skipped). Per row:
+    from a buffer of the next `buffer_docs` documents, place the longest that fits the space left
+    (ties: the earliest), until none fits; then crop the shortest (ties: the latest) to the space
+    left. Returns (n_rows, row_len) with tokens' dtype; a last row that cannot be filled is dropped.
+    """
+    tokens = np.asarray(tokens)
+    starts = np.flatnonzero(tokens == bos_id)
+    ends = np.append(starts[1:], len(tokens))
+    lengths = (ends - starts).tolist()
+    starts = starts.tolist()
+    pending = 0  # next document to enter the buffer
+    buf = []  # sorted (length, -doc index)
+    pieces = []  # (start, length) copied into rows in order
+    while True:
+        while len(buf) < buffer_docs and pending < len(starts):
+            bisect.insort(buf, (lengths[pending], -pending))
+            pending += 1
+        if not buf:
+            break
+        left, row = row_len, []
+        while left > 0 and buf:
+            j = bisect.bisect_right(buf, (left, 1)) - 1  # longest document of length <= left
+            if j >= 0:
+                n, neg = buf.pop(j)
+                row.append((starts[-neg], n))
+                left -= n
+            else:  # nothing fits: crop the shortest to fill the row
+                n, neg = buf.pop(0)
+                row.append((starts[-neg], left))
+                left = 0
+            while len(buf) < buffer_docs and pending < len(starts):
+                bisect.insort(buf, (lengths[pending], -pending))
+                pending += 1
+        if left > 0:
+            break  # the data ran out before this row was full
+        pieces.extend(row)
+    out = np.empty(sum(n for _, n in pieces), dtype=tokens.dtype)
+    pos = 0
+    for start, n in pieces:
+        out[pos:pos + n] = tokens[start:start + n]
+        pos += n
+    return out.reshape(-1, row_len)
+
+
 class TokenLoader:
     """Batches of (x, y) for one rank, deterministic for (seed, step).
 
     files: shard paths (or a shard folder: its train shards). batch_size B and seq_len T
     are per rank. Yields int64 tensors of shape (B, T) on `device` (or (1, B*T) when
-    `flat`). `eot_id` is needed for `align_to_docs`. `shuffle=False` reads shards and
-    blocks in file order every epoch.
+    `flat`). `eot_id` is needed for `align_to_docs` and layout "bos_aligned". `shuffle=False`
+    reads shards and blocks in file order every epoch. `layout`: "rows", "stream" or
+    "bos_aligned" (see the module's docstring).
     """
 
     def __init__(self, files, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1, seed: int = 0,
                  align_to_docs: bool = False, eot_id: int | None = None, device="cpu", flat: bool = False,
-                 shuffle: bool = True, vocab_size: int | None = None, verbose: bool = True):
+                 shuffle: bool = True, vocab_size: int | None = None, verbose: bool = True, layout: str = "rows"):
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"batch_size ({batch_size}) and seq_len ({seq_len}) must be >= 1")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
-        if align_to_docs and eot_id is None:
-            raise ValueError("align_to_docs needs eot_id (the tokenizer's <|endoftext|> id)")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout={layout!r}: use one of {', '.join(LAYOUTS)}")
+        if (align_to_docs or layout == "bos_aligned") and eot_id is None:
+            raise ValueError("align_to_docs and layout='bos_aligned' need eot_id (the tokenizer's <|endoftext|> id)")
+        if align_to_docs and layout != "rows":
+            raise ValueError(f"align_to_docs is a variant of layout='rows', not of {layout!r}")
+        self.layout = layout
         self.files = _resolve(files, "train")
         self.B, self.T, self.rank, self.world_size = batch_size, seq_len, rank, world_size
         self.rows = batch_size * world_size  # rows in one global batch
@@ -97,9 +166,10 @@ class TokenLoader:
         self._cache = (None, None, None)  # (file index, tokens, row starts at offset 0)
         self._order_cache = (None, None)  # ((epoch, file index), blocks of this shard visit)
         self._epoch_batches = 0
-        if not align_to_docs:
+        if not align_to_docs and layout != "bos_aligned":
             n = [read_shard(f).shape[0] for f in self.files]  # validates every header now
-            if all((k - 1) // (self.rows * self.T) == 0 for k in n):
+            spare = 2 if layout == "stream" else 1
+            if all((k - spare) // (self.rows * self.T) == 0 for k in n):
                 raise ValueError(f"no train shard holds one global batch: {self.rows} rows x (T+1) = "
                                  f"{self.rows * self.T + 1} tokens needed, the largest shard has {max(n)}; "
                                  f"lower batch_size or seq_len, or make bigger shards")
@@ -110,7 +180,7 @@ class TokenLoader:
         return self.rows * self.T
 
     def _shard_order(self, epoch):
-        if not self.shuffle:
+        if not self.shuffle or self.layout == "stream":
             return np.arange(len(self.files))
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.files))
 
@@ -118,7 +188,13 @@ class TokenLoader:
         """(tokens, row starts at offset 0 (n_rows,)) of file `fi`, cached for the current file."""
         if self._cache[0] != fi:
             tokens = read_shard(self.files[fi], self.vocab_size)
-            if self.align_to_docs:
+            if self.layout == "stream":  # whole global batches while more than one + 2 tokens remain
+                n_blocks = max(0, (len(tokens) - 2) // (self.rows * self.T))
+                starts = np.arange(n_blocks * self.rows, dtype=np.int64) * self.T
+            elif self.layout == "bos_aligned":  # packed rows of T + 1, laid end to end
+                tokens = pack_bos_bestfit(tokens, self.eot_id, self.T + 1).reshape(-1)
+                starts = np.arange(len(tokens) // (self.T + 1), dtype=np.int64) * (self.T + 1)
+            elif self.align_to_docs:
                 starts = doc_aligned_starts(tokens, self.eot_id, self.T)
             else:
                 starts = np.arange(0, len(tokens) - self.T, self.T, dtype=np.int64)
@@ -133,11 +209,11 @@ class TokenLoader:
         n_blocks = len(starts) // self.rows
         key = (epoch, fi)
         if self._order_cache[0] != key:
-            if not self.shuffle:
+            if not self.shuffle or self.layout == "stream":
                 blocks = starts[:n_blocks * self.rows].reshape(n_blocks, self.rows)
             else:
                 rng = np.random.default_rng([self.seed, epoch, fi])
-                if not self.align_to_docs:
+                if not self.align_to_docs and self.layout == "rows":
                     slack = len(tokens) - 1 - n_blocks * self.rows * self.T  # tokens after the last block
                     offset = int(rng.integers(min(self.T, slack + 1)))
                     starts = np.arange(offset, len(tokens) - self.T, self.T, dtype=np.int64)
@@ -194,14 +270,15 @@ class TokenLoader:
         """The position, so that `load_state_dict` continues with exactly the next batch."""
         return {"step": self.step, "epoch": self.epoch, "shard_pos": self._shard_pos, "block_pos": self._block_pos,
                 "epoch_batches": self._epoch_batches, "seed": self.seed, "rows": self.rows, "seq_len": self.T,
-                "align_to_docs": self.align_to_docs, "shuffle": self.shuffle,
+                "align_to_docs": self.align_to_docs, "shuffle": self.shuffle, "layout": self.layout,
                 "files": [f.name for f in self.files]}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state`. The global batch (world_size*B rows of T) must be the same;
         the split across ranks may differ."""
         mine = self.state_dict()
-        for key in ("seed", "rows", "seq_len", "align_to_docs", "shuffle", "files"):
+        state = {"layout": "rows", **state}  # states saved before layouts existed
+        for key in ("seed", "rows", "seq_len", "align_to_docs", "shuffle", "layout", "files"):
             if state[key] != mine[key]:
                 raise ValueError(f"loader state was saved with {key}={state[key]!r}, this loader has "
                                  f"{mine[key]!r}; resume with the same data and global batch "
@@ -212,15 +289,39 @@ class TokenLoader:
 
 
 # ---------------------------------------------------------------- validation
-def val_batch_count(files, batch_size: int, seq_len: int, world_size: int = 1, max_tokens: int | None = None) -> int:
+VAL_LAYOUTS = ("rows", "bos_aligned")
+
+
+@functools.lru_cache(maxsize=4)
+def _packed_val(path: str, mtime: float, seq_len: int, eot_id: int) -> np.ndarray:
+    """A val shard packed into document-aligned rows of T + 1 (computed once per shard and T)."""
+    return pack_bos_bestfit(read_shard(path), eot_id, seq_len + 1).reshape(-1)
+
+
+def _val_layout(f, seq_len, layout, eot_id):
+    """(tokens, row stride, rows available) of one val shard in `layout`."""
+    if layout not in VAL_LAYOUTS:
+        raise ValueError(f"val layout {layout!r}: use one of {', '.join(VAL_LAYOUTS)}")
+    if layout == "rows":
+        tokens = read_shard(f)
+        return tokens, seq_len, (len(tokens) - 1) // seq_len
+    if eot_id is None:
+        raise ValueError("val layout 'bos_aligned' needs eot_id (the tokenizer's <|endoftext|> id)")
+    tokens = _packed_val(str(f), Path(f).stat().st_mtime, seq_len, int(eot_id))
+    return tokens, seq_len + 1, len(tokens) // (seq_len + 1)
+
+
+def val_batch_count(files, batch_size: int, seq_len: int, world_size: int = 1, max_tokens: int | None = None,
+                    layout: str = "rows", eot_id: int | None = None) -> int:
     """How many global val batches `val_batches` yields (the same on every rank)."""
     files = _resolve(files, "val")
     per = batch_size * world_size * seq_len
-    n = sum((read_shard(f).shape[0] - 1) // per for f in files)
+    n = sum(_val_layout(f, seq_len, layout, eot_id)[2] // (batch_size * world_size) for f in files)
     if n == 0:
         have = sum(read_shard(f).shape[0] for f in files)
         raise ValueError(f"the val shard(s) hold {have} tokens, fewer than one global val batch of "
-                         f"{per + 1} (world_size*B*T + 1); lower the val batch size or seq_len")
+                         f"{per + 1} (world_size*B*T + 1{', in whole documents' if layout != 'rows' else ''}); "
+                         f"lower the val batch size or seq_len")
     if max_tokens is not None:
         if max_tokens < per:
             raise ValueError(f"max_tokens={max_tokens} is less than one global val batch ({per} tokens)")
@@ -229,22 +330,25 @@ def val_batch_count(files, batch_size: int, seq_len: int, world_size: int = 1, m
 
 
 def val_batches(files, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1,
-                max_tokens: int | None = None, device="cpu", flat: bool = False):
+                max_tokens: int | None = None, device="cpu", flat: bool = False, layout: str = "rows",
+                eot_id: int | None = None):
     """Iterate (x, y) over the val shards in order: each global batch of world_size*B
     contiguous rows of T, this rank's rows [rank*B:(rank+1)*B]. Every rank gets the same
-    number of batches; at most `max_tokens` tokens per global pass (whole batches)."""
+    number of batches; at most `max_tokens` tokens per global pass (whole batches).
+    layout "rows": rows cut from the token stream (start mid-document; with B=1 and a long T,
+    the records' val layout); "bos_aligned": the shard packed as the training layout of that
+    name (rows start documents; cropped tails not scored), needs eot_id."""
     files = _resolve(files, "val")
-    n = val_batch_count(files, batch_size, seq_len, world_size, max_tokens)
+    n = val_batch_count(files, batch_size, seq_len, world_size, max_tokens, layout, eot_id)
     rows, T = batch_size * world_size, seq_len
     offs = np.arange(T + 1)
     done = 0
     for f in files:
-        tokens = read_shard(f)
-        for k in range((len(tokens) - 1) // (rows * T)):
+        tokens, stride, available = _val_layout(f, T, layout, eot_id)
+        for k in range(available // rows):
             if done == n:
                 return
-            base = k * rows * T + rank * batch_size * T
-            starts = base + np.arange(batch_size) * T  # (B,)
+            starts = (k * rows + rank * batch_size + np.arange(batch_size)) * stride  # (B,)
             buf = np.asarray(tokens[starts[:, None] + offs], dtype=np.int64)  # (B, T+1)
             x, y = buf[:, :-1], buf[:, 1:]
             if flat:

@@ -52,6 +52,20 @@ GPT_DEFAULTS = {
     "attn_backend": "auto",    # "flex", "sdpa" or "auto" (flex on CUDA, sdpa elsewhere)
     "compile": None,           # torch.compile the blocks; None = on CUDA only
     "vocab_multiple": 128,     # head rows padded to a multiple (speed); extra logits cut off
+    # The January-2025 record's choices, off here (each is a switch; speedrun_8xh100.yaml turns them on):
+    "qkv_split": False,        # Muon orthogonalises Q, K and V as three matrices (record: True)
+    "attn_scale": None,        # attention logit scale; None = 0.12 with QK-norm, else 1/sqrt(Dh)
+    "learn_attn_scale": True,  # the scale is a parameter (Adam, scalars group); record: fixed (False)
+    "attn_off_layers": (),     # layer indices with no attention at all, MLP only (record: (7,))
+    "v_lambda": False,         # layers without a value embedding scale v by a learned lambda (record: True)
+    "max_seq_len": None,       # longest sequence accepted (rotary tables); None = seq_len (record: 4x64K for val)
+    # The 2025-26 records' tricks, off here (speedrun_2026_8xh100.yaml turns them on). Training progress
+    # reaches the model through set_progress(progress), which 04 calls once per step.
+    "mtp_tokens": 1,           # multi-token prediction: each position also scores the next mtp_tokens-1 targets,
+                               #   weights annealed by stage (mtp_weights); 1 = next token only
+    "tie_until": 0.0,          # head and embedding tied (the head's rows are looked up) until this fraction
+                               #   of training, then the embedding starts from the head's rows; 0 = never tied
+    "fp8_mlp": False,          # FP8 matmuls for the MLP projections in training (CUDA, Hopper or newer only)
 }
 NANOGPT_DEFAULTS = {
     "mlp_ratio": 4,
@@ -71,6 +85,7 @@ LLAMA3_DEFAULTS = {
     "compile": None,
 }
 ARCH_DEFAULTS = {"gpt": GPT_DEFAULTS, "nanogpt": NANOGPT_DEFAULTS, "llama3": LLAMA3_DEFAULTS}
+EVAL_CHUNK_TOKENS = 32768  # without gradients, longer inputs get their logits this many positions at a time
 
 # Named sizes: kwargs for build_model (add arch, vocab_size, seq_len). With arch="gpt",
 # vocab_size=50257 and default switches they count (all parameters, embeddings included):
@@ -207,19 +222,40 @@ class LanguageModel(nn.Module):
         (None = the configured window_long); only "gpt" with sliding_window=True uses it.
         """
         self.check_input(idx, targets)
-        with self.autocast():
-            logits = self.logits_from(self.hidden(idx, window=window))  # (B, T, V)
-        if targets is None:
-            return logits
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        with self.autocast():
+            h = self.hidden(idx, window=window)  # (B, T, D)
+            if targets is not None and not torch.is_grad_enabled() and idx.numel() > EVAL_CHUNK_TOKENS:
+                return self.chunked_loss(h, targets, reduction)
+            logits = self.logits_from(h)  # (B, T, V)
+        if targets is None:
+            return logits
+        w = self.mtp_weights_now() if self.training and reduction == "mean" else None
+        if w is not None and len(w) > 1:
+            return multi_token_loss(logits, targets, w)
         B, T, V = logits.shape
         loss = F.cross_entropy(logits.view(B * T, V), targets.reshape(B * T), ignore_index=-100,
                                reduction=reduction)
         return loss.view(B, T) if reduction == "none" else loss
 
+    def mtp_weights_now(self):
+        """Weights of the next 1, 2, ... targets in the training loss (None = next token only)."""
+        return None
+
+    def chunked_loss(self, h, targets, reduction):
+        """Loss without gradients from hidden states h (B, T, D), EVAL_CHUNK_TOKENS positions at a
+        time: a long validation sequence (the record's 4 x 64K tokens) never holds all (B, T, V) logits."""
+        h, t = h.reshape(-1, h.size(-1)), targets.reshape(-1)  # (B·T, D), (B·T,)
+        losses = torch.cat([F.cross_entropy(self.logits_from(h[i:i + EVAL_CHUNK_TOKENS]), t[i:i + EVAL_CHUNK_TOKENS],
+                                            ignore_index=-100, reduction="none")
+                            for i in range(0, t.numel(), EVAL_CHUNK_TOKENS)])
+        if reduction == "none":
+            return losses.view(targets.shape)
+        return losses.sum() if reduction == "sum" else losses.sum() / (t != -100).sum()
+
     def check_input(self, idx, targets=None, max_len=None):
-        max_len = max_len or self.seq_len
+        max_len = max_len or getattr(self, "max_seq_len", self.seq_len)
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
             got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, torch.Tensor) else type(idx).__name__
             raise ValueError(f"idx must be a (B, T) int64 tensor of token ids, got {got}")
@@ -359,6 +395,33 @@ class LanguageModel(nn.Module):
         return f"arch={self.config['arch']!r}, params={self.num_params():,}"
 
 
+def mtp_weights(progress: float, n: int) -> list:
+    """The records' multi-token-prediction weights at `progress` for n predicted tokens.
+
+    Training is cut into n equal stages; in stage s the targets 1 .. n-s count with weights
+    1, 1/2, 1/4, ..., the last of them fading linearly to 0 across the stage (n=3, the
+    records': [1, .5, .25 -> 0], then [1, .5 -> 0], then [1])."""
+    p = min(max(float(progress), 0.0), 1.0)
+    stage = min(int(p * n), n - 1)
+    w = [0.5 ** k for k in range(n - stage)]
+    if len(w) > 1:
+        w[-1] *= 1 - (p * n - stage)
+    return w
+
+
+def multi_token_loss(logits, targets, weights):
+    """sum_k weights[k] * mean CE(logits at t, targets at t + k): the same prediction also scored
+    against the tokens after the next (targets past a row's end are ignored). (B, T, V), (B, T)."""
+    B, T, V = logits.shape
+    total = 0.0
+    for k, w in enumerate(weights):
+        if w == 0 or k >= T:
+            continue
+        t = F.pad(targets[:, k:], (0, k), value=-100)  # (B, T): the target k tokens later
+        total = total + w * F.cross_entropy(logits.reshape(B * T, V), t.reshape(B * T), ignore_index=-100)
+    return total
+
+
 def sample(logits, temperature=1.0, top_k=None, generator=None):
     """Next token from last-position logits (B, V) -> (B, 1)."""
     if temperature == 0 or top_k == 1:
@@ -421,30 +484,33 @@ def value_embed_layers(num_layers: int, count: int) -> list:
 class MLP(nn.Module):
     """x (B, T, D) -> (B, T, D) through a hidden layer of mlp_ratio·D with ReLU² or GELU."""
 
-    def __init__(self, dim, hidden, act="relu2"):
+    def __init__(self, dim, hidden, act="relu2", fp8=False):
         super().__init__()
         self.fc = nn.Linear(dim, hidden, bias=False)
         self.proj = nn.Linear(hidden, dim, bias=False)
-        self.act = act
+        self.act, self.fp8 = act, fp8
 
     def forward(self, x):
-        h = self.fc(x)  # (B, T, mlp_ratio·D)
+        fp8 = self.fp8 and self.training and (x.numel() // x.size(-1)) % 16 == 0  # fp8_mlp: checked in resolve
+        h = fp8_linear(x, self.fc.weight) if fp8 else self.fc(x)  # (B, T, mlp_ratio·D)
         h = F.relu(h).square() if self.act == "relu2" else F.gelu(h)
-        return self.proj(h)
+        return fp8_linear(h, self.proj.weight).to(x.dtype) if fp8 else self.proj(h)
 
 
 class GPTAttention(nn.Module):
     """Merged QKV, QK-norm, partial rotary, value-embedding mixing, learned attention scale."""
 
     def __init__(self, dim, num_heads, head_dim, seq_len, *, qk_norm, rotary_fraction, value_embed,
-                 compiled_flex=False):
+                 compiled_flex=False, scale=None, learn_scale=True, v_lambda=False):
         super().__init__()
         self.num_heads, self.head_dim, self.qk_norm = num_heads, head_dim, qk_norm
         self.qkv = nn.Linear(dim, 3 * num_heads * head_dim, bias=False)  # weight (3·H·Dh, D)
         self.proj = nn.Linear(num_heads * head_dim, dim, bias=False)
         # 0.12 is the speedrun's scale for QK-normed heads; without QK-norm the usual 1/sqrt(Dh)
-        self.scale = nn.Parameter(torch.tensor(0.12 if qk_norm else head_dim ** -0.5))
-        self.v_mix = nn.Parameter(torch.tensor([0.5, 0.5])) if value_embed else None
+        scale = scale or (0.12 if qk_norm else head_dim ** -0.5)
+        self.scale = nn.Parameter(torch.tensor(scale)) if learn_scale else float(scale)
+        # v_mix (2,): [λ_v, λ_ve]; with v_lambda a layer without value embedding keeps it and uses λ_v
+        self.v_mix = nn.Parameter(torch.tensor([0.5, 0.5])) if value_embed or v_lambda else None
         self.rotary = (Rotary(head_dim, seq_len, rotary_frequencies(head_dim, fraction=rotary_fraction))
                        if rotary_fraction > 0 else None)
         self.compiled_flex = compiled_flex
@@ -462,6 +528,8 @@ class GPTAttention(nn.Module):
             q, k = self.rotary(q, offset), self.rotary(k, offset)
         if ve is not None:
             v = self.v_mix[0] * v + self.v_mix[1] * ve.view(B, T, H, Dh)
+        elif self.v_mix is not None:  # v_lambda: the record scales v by a learned lambda here too
+            v = self.v_mix[0] * v
         q = q * self.scale
         q, k, v = (t.to(qkv.dtype).transpose(1, 2) for t in (q, k, v))  # (B, H, T, Dh)
         if cache is not None:
@@ -478,15 +546,17 @@ class GPTBlock(nn.Module):
         D, Dh = cfg["model_dim"], cfg["head_dim"]
         self.layer = layer
         self.x0_mix = nn.Parameter(torch.tensor([1.0, 0.0])) if cfg["x0_mix"] else None
-        self.attn = GPTAttention(D, cfg["num_heads"], Dh, cfg["seq_len"], qk_norm=cfg["qk_norm"],
-                                 rotary_fraction=cfg["rotary_fraction"], value_embed=value_embed,
-                                 compiled_flex=compiled_flex)
-        self.mlp = MLP(D, int(cfg["mlp_ratio"] * D), cfg["mlp_act"])
+        self.attn = None if layer in cfg["attn_off_layers"] else GPTAttention(
+            D, cfg["num_heads"], Dh, cfg["max_seq_len"], qk_norm=cfg["qk_norm"],
+            rotary_fraction=cfg["rotary_fraction"], value_embed=value_embed, compiled_flex=compiled_flex,
+            scale=cfg["attn_scale"], learn_scale=cfg["learn_attn_scale"], v_lambda=cfg["v_lambda"])
+        self.mlp = MLP(D, int(cfg["mlp_ratio"] * D), cfg["mlp_act"], cfg["fp8_mlp"])
 
     def forward(self, x, x0, ve=None, mask=None, cache=None):
         if self.x0_mix is not None:
             x = self.x0_mix[0] * x + self.x0_mix[1] * x0
-        x = x + self.attn(norm(x), ve, mask, cache, self.layer)
+        if self.attn is not None:  # attn_off_layers: MLP only
+            x = x + self.attn(norm(x), ve, mask, cache, self.layer)
         return x + self.mlp(norm(x))
 
 
@@ -520,6 +590,24 @@ class GPT(LanguageModel):
             raise ModelConfigError(f"softcap must be >= 0 (0 disables), got {cfg['softcap']!r}")
         if cfg["eot_id"] is not None and not 0 <= cfg["eot_id"] < cfg["vocab_size"]:
             raise ModelConfigError(f"eot_id {cfg['eot_id']} is outside the vocabulary (size {cfg['vocab_size']})")
+        off = cfg["attn_off_layers"] = tuple(sorted({int(i) for i in cfg["attn_off_layers"] or ()}))
+        if any(not 0 <= i < L for i in off):
+            raise ModelConfigError(f"attn_off_layers {list(off)} must be layer indices in [0, {L})")
+        if cfg["attn_scale"] is not None and not cfg["attn_scale"] > 0:
+            raise ModelConfigError(f"attn_scale must be > 0 (or None for the default), got {cfg['attn_scale']!r}")
+        cfg["max_seq_len"] = max(int(cfg["max_seq_len"] or cfg["seq_len"]), cfg["seq_len"])
+        if not (isinstance(cfg["mtp_tokens"], int) and cfg["mtp_tokens"] >= 1):
+            raise ModelConfigError(f"mtp_tokens must be an int >= 1 (1 = next token only), got {cfg['mtp_tokens']!r}")
+        if not 0 <= cfg["tie_until"] < 1:
+            raise ModelConfigError(f"tie_until must lie in [0, 1) (a fraction of training), got {cfg['tie_until']!r}")
+        if cfg["tie_until"] and cfg["tie_embeddings"]:
+            raise ModelConfigError("tie_until unties part-way and needs tie_embeddings=False")
+        if cfg["fp8_mlp"] and not (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)):
+            log.warning(f"nbcore.model: fp8_mlp needs a Hopper (or newer) CUDA GPU, not {device}; "
+                        f"using {cfg['dtype']} MLP matmuls")
+            cfg["fp8_mlp"] = False
+        elif cfg["fp8_mlp"] and (D % 16 or int(cfg["mlp_ratio"] * D) % 16):
+            raise ModelConfigError(f"fp8_mlp needs model_dim ({D}) and the MLP width to be multiples of 16")
         cfg["window_long"] = cfg["window_long"] or cfg["seq_len"]
         cfg["window_short"] = cfg["window_short"] or max(1, cfg["window_long"] // 2)
         if not 1 <= cfg["window_short"] <= cfg["window_long"]:
@@ -558,6 +646,12 @@ class GPT(LanguageModel):
         L, D, V, H, Dh = cfg["num_layers"], cfg["model_dim"], cfg["vocab_size"], cfg["num_heads"], cfg["head_dim"]
         self.ve_layers = value_embed_layers(L, cfg["value_embeds"])
         self.long_layers = long_window_layers(L)
+        self.max_seq_len = cfg["max_seq_len"]
+        self.tied_now = cfg["tie_until"] > 0  # tie_until: tied until set_progress passes it
+        if self.tied_now:  # saved with the weights, so a resumed run knows whether it has untied
+            self.register_buffer("tied", torch.tensor(True))
+            self.register_load_state_dict_post_hook(lambda m, _: setattr(m, "tied_now", bool(m.tied)))
+        self.mtp_now = mtp_weights(0.0, cfg["mtp_tokens"])
         self.embed = nn.Embedding(V, D)
         self.value_embeds = nn.ModuleList(nn.Embedding(V, H * Dh) for _ in range(cfg["value_embeds"]))
         flex_compiled = cfg["attn_backend"] == "flex" and (cfg["compile"] or torch.device(cfg["device"]).type == "cuda")
@@ -573,12 +667,16 @@ class GPT(LanguageModel):
         for emb in self.value_embeds:
             nn.init.normal_(emb.weight)
         for block in self.blocks:
-            init_linear(block.attn.qkv.weight)
-            init_linear(block.attn.proj.weight, zero)
+            if block.attn is not None:
+                init_linear(block.attn.qkv.weight)
+                init_linear(block.attn.proj.weight, zero)
             init_linear(block.mlp.fc.weight)
             init_linear(block.mlp.proj.weight, zero)
         if self.head is not None:
-            init_linear(self.head.weight, zero)
+            if self.tied_now:  # tie_until: the head's rows are the embedding for now (the records' std 0.005)
+                nn.init.normal_(self.head.weight, std=0.005)
+            else:
+                init_linear(self.head.weight, zero)
 
     def lookup_tables(self):
         tables = [emb.weight for emb in self.value_embeds]
@@ -602,9 +700,10 @@ class GPT(LanguageModel):
 
     def attention_contexts(self, seq_len, window=None):
         long, short = self.windows(window)
+        off = self.config["attn_off_layers"]
         if long is None:
-            return [seq_len] * self.num_layers
-        return [min(seq_len, long if is_long else short) for is_long in self.long_layers]
+            return [0 if i in off else seq_len for i in range(self.num_layers)]
+        return [0 if i in off else min(seq_len, long if is_long else short) for i, is_long in enumerate(self.long_layers)]
 
     def layer_masks(self, idx, window=None, cache=None) -> list:
         """One attention mask per layer for tokens idx (B, T): BlockMask (flex) or bool (B, 1, T, Tk)."""
@@ -636,7 +735,8 @@ class GPT(LanguageModel):
     def hidden(self, idx, window=None, cache=None):
         """idx (B, T) -> final normalised hidden states (B, T, D)."""
         masks = self.layer_masks(idx, window, cache)
-        x = x0 = norm(self.embed(idx))  # (B, T, D)
+        e = F.embedding(idx, self.head.weight) if self.tied_now else self.embed(idx)  # tie_until: the head's rows, for now
+        x = x0 = norm(e)  # (B, T, D)
         ve = [emb(idx) for emb in self.value_embeds]  # each (B, T, H·Dh)
         skips = []
         L = self.num_layers
@@ -663,16 +763,39 @@ class GPT(LanguageModel):
         cap = self.config["softcap"]
         return cap * torch.tanh(logits / cap) if cap else logits
 
+    def set_progress(self, progress: float) -> bool:
+        """Move the switches that follow training progress in [0, 1]: the multi-token-prediction
+        weights (mtp_tokens), and untying at tie_until (the embedding starts from the head's rows).
+        Returns True at the call that unties (then give the embedding the head's optimiser state:
+        optim.copy_state(optimizers, model.head.weight, model.embed.weight))."""
+        self.mtp_now = mtp_weights(progress, self.config["mtp_tokens"])
+        if self.tied_now and progress >= self.config["tie_until"]:
+            with torch.no_grad():
+                self.embed.weight.copy_(self.head.weight[:self.vocab_size])
+                self.tied.fill_(False)
+            self.tied_now = False
+            return True
+        return False
+
+    def mtp_weights_now(self):
+        return self.mtp_now
+
     def configure_optimizers(self):
         """hidden_matrices (Muon): every 2-D weight inside the blocks; embed (Adam): token and
-        value embeddings; head (Adam); scalars (Adam): lambdas, skip weights, attention scales."""
+        value embeddings; head (Adam); scalars (Adam): lambdas, skip weights, attention scales.
+        With tie_until the token embedding trains in the head's group; with qkv_split the Muon group
+        carries "splits" {qkv weight: 3}."""
         hidden = [p for p in self.blocks.parameters() if p.dim() == 2]
+        # qkv_split: the merged (3·H·Dh, D) weight is Q, K and V; Muon orthogonalises them one by one
+        splits = {b.attn.qkv.weight: 3 for b in self.blocks if b.attn is not None} if self.config["qkv_split"] else {}
         embed = [self.embed.weight] + [e.weight for e in self.value_embeds]
         head = [self.head.weight] if self.head is not None else []
+        if self.config["tie_until"]:  # the embedding continues the head's rows: it trains like the head (as #84)
+            embed, head = embed[1:], head + embed[:1]
         taken = {id(p) for p in hidden + embed + head}
         scalars = [p for p in self.parameters() if id(p) not in taken]
         return self.check_groups([
-            {"name": "hidden_matrices", "optimizer": "muon", "params": hidden, "weight_decay": True},
+            {"name": "hidden_matrices", "optimizer": "muon", "params": hidden, "weight_decay": True, "splits": splits},
             {"name": "embed", "optimizer": "adam", "params": embed, "weight_decay": False},
             {"name": "head", "optimizer": "adam", "params": head, "weight_decay": False},
             {"name": "scalars", "optimizer": "adam", "params": scalars, "weight_decay": False},
