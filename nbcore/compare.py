@@ -470,7 +470,7 @@ def mean_curve(runs, y="val_loss", x="step") -> tuple[np.ndarray, np.ndarray]:
 
 def curve_split_note(runs) -> str:
     """Which val tokens a curve's points scored, from metrics.csv's val_tokens column, e.g.
-    'val points: first 65.5k tokens of the val split; last: whole split, 1.2M tokens'."""
+    'val: first 65.5k tokens; last point: whole split, 1.2M tokens'."""
     from .progress import fmt_count
 
     inter, last, whole = set(), set(), True
@@ -479,7 +479,7 @@ def curve_split_note(runs) -> str:
         if vl is None:
             continue
         if vt is None:
-            return "val points: token counts not recorded (runs from before 04 recorded them)"
+            return "val: token counts not recorded"
         idx = np.nonzero(~np.isnan(vl))[0]
         if not idx.size:
             continue
@@ -491,8 +491,8 @@ def curve_split_note(runs) -> str:
         vals = sorted(vals)
         return fmt_count(vals[0]) if len(vals) == 1 else f"{fmt_count(vals[0])}-{fmt_count(vals[-1])}"
 
-    head = f"val points: first {span(inter)} tokens of the val split; " if inter else "val points: "
-    return head + (f"last: {'whole split, ' if whole else ''}{span(last)} tokens" if last else "none")
+    head = f"val: first {span(inter)} tokens; " if inter else "val: "
+    return head + (f"last point: {'whole split, ' if whole else ''}{span(last)} tokens" if last else "no points")
 
 
 def plot_curves(groups: dict, y="val_loss", x="step", ax=None, log_x=None, note=True):
@@ -577,6 +577,11 @@ def lower_is_better(metric: str) -> bool:
     return not metric.startswith("bench:")
 
 
+def _pfmt(p: float) -> str:
+    """A p-value as text: 0.0024, 3.1e-07, or < 1e-300 where it underflows."""
+    return "< 1e-300" if p == 0 else f"= {p:.3g}"
+
+
 def _claim_text(res: stats.WelchResult, needed, alpha, what, exp, base, fmt=".4f", boot=None, g=None) -> str:
     sig = res.p < alpha
     lo, hi = res.ci()
@@ -584,7 +589,7 @@ def _claim_text(res: stats.WelchResult, needed, alpha, what, exp, base, fmt=".4f
          f"{res.std_y:{fmt}} (n={res.n_y}); difference {res.diff:+{fmt}}, 95% Welch interval [{lo:+{fmt}}, {hi:+{fmt}}]"
          + (f", bootstrap [{boot[0]:+{fmt}}, {boot[1]:+{fmt}}]" if boot else "")
          + (f", Hedges' g = {g:.2f}" if g is not None and math.isfinite(g) else "")
-         + f"; one-sided Welch t = {res.t:.2f}, df = {res.df:.1f}, p = {res.p:.3g} ")
+         + f"; one-sided Welch t = {res.t:.2f}, df = {res.df:.1f}, p {_pfmt(res.p)} ")
     if sig:
         return s + f"< {alpha:g}: significant."
     if needed is None:
@@ -631,12 +636,12 @@ def target_tests(groups: dict, target: float, y: str = "val_loss", sigma: float 
         if len(vals) >= 2:
             t = stats.one_sample_test(vals, target, alpha=alpha)
             row["t_test"] = t.to_dict()
-            parts.append(f"one-sided one-sample t = {t.statistic:.2f}, p = {t.p:.3g} "
+            parts.append(f"one-sided one-sample t = {t.statistic:.2f}, p {_pfmt(t.p)} "
                          f"({'passes' if t.passed else 'fails'} p < {alpha:g})")
         if sigma > 0 and vals:
             z = stats.z_test_vs_target(vals, target, sigma)
             row["z_test"] = z.to_dict()
-            parts.append(f"z-test with stated sigma {sigma:g}: z = {z.statistic:.2f}, p = {z.p:.3g} "
+            parts.append(f"z-test with stated sigma {sigma:g}: z = {z.statistic:.2f}, p {_pfmt(z.p)} "
                          f"({'passes' if z.passed else 'fails'} p < {z.alpha:g})")
         row["text"] = (f"{g}: mean final {y} {row['mean']:.4f} (n={len(vals)}) against the target {target:.4f}: "
                        + ("; ".join(parts) if parts else "one run and no stated sigma: no test")) if vals else f"{g}: no values"
@@ -667,16 +672,14 @@ def difference_figure(groups: dict, baseline: str, metric: str = "val_bpb", widt
         fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
         for i, (g, d, (lo, hi), (blo, bhi), n) in enumerate(arms):
             color = PALETTE[(list(groups).index(g)) % len(PALETTE)]
-            ax.errorbar([d], [i], xerr=[[d - lo], [hi - d]], fmt="o", color=color, ms=3.5, capsize=2.5, lw=1.2,
-                        label="Welch 95%" if i == 0 else None)
-            ax.errorbar([d], [i - 0.22], xerr=[[d - blo], [bhi - d]], fmt="none", color=color, lw=0.7, capsize=1.5,
-                        alpha=0.7, label="bootstrap 95%" if i == 0 else None)
+            ax.errorbar([d], [i], xerr=[[d - lo], [hi - d]], fmt="o", color=color, ms=3.5, capsize=2.5, lw=1.4)
+            ax.errorbar([d], [i - 0.25], xerr=[[d - blo], [bhi - d]], fmt="none", color=color, lw=0.6, capsize=1.5,
+                        alpha=0.8)
         ax.axvline(0.0, color="0.3", lw=0.7, ls="--")
         ax.set_yticks(range(len(arms)), [f"{g} (n={n})" for g, *_, n in arms])
         ax.set_ylim(-0.7, len(arms) - 0.4)
         ax.set_xlabel(f"{metric_label(metric)}: arm minus {baseline} (n={len(y)})")
         ax.grid(axis="y", visible=False)
-        ax.legend(loc="best")
         if note:
             ax.set_title(note, fontsize=5.5, loc="left")
     return fig
@@ -1015,13 +1018,13 @@ def figures_tex(figures: dict, tex_dir=None, pairs=FIGURE_PAIRS, note: str = "",
                                   for s in stems)
         which = ["Left", "right"] if len(stems) == 2 else ["Shown"]
         cap = "; ".join(f"{w}: {caption(s)}" for w, s in zip(which, stems))
-        parts.append(f"\\begin{{figure}}[t]\n\\centering\n{panels}\\caption{{{latex_escape(cap)}. Thin lines are "
+        parts.append(f"\\begin{{figure}}[!htb]\n\\centering\n{panels}\\caption{{{latex_escape(cap)}. Thin lines are "
                      f"single seeds, bold lines the mean of each group."
                      + (f" {latex_escape(note[0].upper() + note[1:])}." if note else "")
                      + f"}}\\label{{fig:{stems[0].replace('_', '-')}}}\n\\end{{figure}}\n")
     for stem in [s for s in figures if s.startswith("diff_") and s != "skipped"]:
         metric = stem[len("diff_"):]
-        parts.append(f"\\begin{{figure}}[t]\n\\centering\n\\includegraphics[width=0.6\\linewidth]{{{where(stem)}}}\n"
+        parts.append(f"\\begin{{figure}}[!htb]\n\\centering\n\\includegraphics[width=0.6\\linewidth]{{{where(stem)}}}\n"
                      f"\\caption{{{latex_escape(metric_label(metric))}: each arm's mean minus "
                      f"{latex_escape(baseline or 'the baseline')}'s over seeds, with its 95\\% Welch interval "
                      f"(thick) and a seeded bootstrap interval ({stats.BOOTSTRAP_RESAMPLES:,} resamples, thin). An interval "
@@ -1123,6 +1126,53 @@ def check_latex(text: str) -> list[str]:
     return problems
 
 
+class LatexError(RuntimeError):
+    """pdflatex stopped on an error, or the PDF has undefined references."""
+
+
+def latex_problems(log_text: str) -> list[str]:
+    """Errors and undefined references in a pdflatex log (what a reader would see as ?? or a missing page)."""
+    out = []
+    lines = log_text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("!") or re.match(r"^[^:\s]+\.tex:\d+: ", line):
+            out.append(" ".join(l.strip() for l in lines[i:i + 3] if l.strip()))
+        elif re.search(r"(Reference|Citation) `[^']*' on page \d+ undefined", line):
+            out.append(line.strip())
+    if "There were undefined references" in log_text and not any("undefined" in p for p in out):
+        out.append("There were undefined references.")
+    return out
+
+
+def compile_pdf(tex_path, passes: int = 2, timeout: float = 120.0) -> Path:
+    """pdflatex `tex_path` in its folder (`passes` times, so references resolve); returns the PDF.
+
+    Raises LatexError with the log's errors and undefined references, FileNotFoundError when
+    pdflatex is not installed (Debian: texlive-latex-recommended and lmodern).
+    """
+    import shutil
+    import subprocess
+
+    tex_path = Path(tex_path)
+    exe = shutil.which("pdflatex")
+    if exe is None:
+        raise FileNotFoundError("pdflatex is not installed (Debian/Ubuntu: apt-get install texlive-latex-recommended "
+                                "lmodern); or upload the folder to Overleaf")
+    for _ in range(passes):
+        done = subprocess.run([exe, "-interaction=nonstopmode", "-halt-on-error", "-file-line-error", tex_path.name],
+                              cwd=tex_path.parent, capture_output=True, text=True, timeout=timeout,
+                              errors="replace")
+        if done.returncode != 0:
+            break
+    log = tex_path.with_suffix(".log")
+    problems = latex_problems(log.read_text(errors="replace") if log.exists() else done.stdout)
+    if done.returncode != 0 and not problems:
+        problems = [f"pdflatex exited with {done.returncode}: " + done.stdout[-500:]]
+    if problems:
+        raise LatexError(f"{tex_path}: " + "; ".join(problems[:8]) + f" (log: {log})")
+    return tex_path.with_suffix(".pdf")
+
+
 # ---------------------------------------------------------------- interactive
 def select_runs_widget(root=None):
     """An ipywidgets multi-select of the run folders under runs/ (newest first); read `.value` after choosing."""
@@ -1149,4 +1199,5 @@ __all__ = ["Run", "load_run", "load_runs", "find_run_dirs", "resolve_specs", "gr
            "setup_table", "architecture_text", "fill_template", "fill_paper", "check_latex", "select_runs_widget",
            "compare_dir", "STYLE", "PALETTE", "COLUMN_WIDTH_IN", "DPI", "significant_winners", "val_split_text",
            "curve_split_note", "target_tests", "difference_figure", "export_difference", "flat_params",
-           "parameter_differences", "change_text", "is_run_specific", "RUN_SPECIFIC"]
+           "parameter_differences", "change_text", "is_run_specific", "RUN_SPECIFIC", "compile_pdf", "latex_problems",
+           "LatexError"]

@@ -466,10 +466,10 @@ def test_curve_ends_on_the_tables_value_and_both_say_which_split(runs_dir, tmp_p
         assert rows[r.path.name]["val_tokens"] == 200704
     assert compare.val_split_text(runs_) == "the whole val split (200,704 tokens per run)"
     note = compare.curve_split_note(runs_)
-    assert note == "val points: first 65.5k tokens of the val split; last: whole split, 201k tokens"
+    assert note == "val: first 65.5k tokens; last point: whole split, 201k tokens"
     fig = compare.curve_figure(groups, "val_bpb", "step")
     assert fig.axes[0].get_title(loc="left") == note
     tex = compare.fill_paper(tmp_path, groups, "base", "nox0",
                              figures=compare.export_curves(groups, tmp_path / "figures", xs=("step",))).read_text()
     assert tex.count("the whole val split (200,704 tokens per run)") == 2  # both result tables' captions
-    assert "Val points: first 65.5k tokens of the val split" in tex
+    assert "Val: first 65.5k tokens; last point: whole split, 201k tokens" in tex
