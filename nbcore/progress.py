@@ -134,6 +134,8 @@ class ProgressPrinter:
         old = runs.read_metrics(self.run_dir)  # a resumed run's earlier rows are not news
         self._seen_val = {r["step"] for r in old if r.get("val_loss") is not None}
         self._seen_rows = len(old)
+        self._pending = False
+        self._first = None  # (clock, training seconds) when the first row was seen
         self._stop = threading.Event()
         self._thread = None
         self.lines: list[str] = []
@@ -170,10 +172,14 @@ class ProgressPrinter:
             parts.append(f"MFU {100 * mfu:.1f}%")
         wall = now - self.t0
         parts.append(f"elapsed {fmt_duration(wall)}")
+        if self._first is None:
+            self._first = (now, train_s or 0.0)
         if frac is not None and 0 < frac < 1 and train_s:
             # remaining training seconds, stretched by what validation and logging add to wall time
+            # since the first row (the kernel's start-up and compilation are behind us by then)
             rest = train_s * (1 - frac) / frac
-            overhead = min(max(wall / train_s, 1.0), 3.0) if train_s > 0 else 1.0
+            d_wall, d_train = now - self._first[0], train_s - self._first[1]
+            overhead = min(max(d_wall / d_train, 1.0), 3.0) if d_train > 0 else 1.0
             parts.append(f"ETA {fmt_duration(rest * overhead)}")
         elif frac is not None and frac >= 1:
             parts.append("ETA 0s")
@@ -186,7 +192,7 @@ class ProgressPrinter:
         if not rows:
             return []
         now = self.clock()
-        new = rows[self._seen_rows:] if len(rows) >= self._seen_rows else rows
+        self._pending |= len(rows) != self._seen_rows  # rows came (or a resume cut some) since the last line
         self._seen_rows = len(rows)
         lines = []
         for i, r in enumerate(rows):
@@ -194,12 +200,12 @@ class ProgressPrinter:
                 self._seen_val.add(r["step"])
                 lines.append(self.format_line(rows[:i + 1], r, now))
         due = self._last_print is None or now - self._last_print >= self.every_s
-        if not lines and new and (due or force):
+        if not lines and self._pending and (due or force):
             lines.append(self.format_line(rows, None, now))
         for line in lines:
             print(line, file=self.out, flush=True)
         if lines:
-            self._last_print = now
+            self._last_print, self._pending = now, False
         self.lines += lines
         return lines
 
