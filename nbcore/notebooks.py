@@ -55,6 +55,16 @@ def execute(notebook, output_path, parameters=None, cwd=None, log_output=False, 
     check_names(parameters, declared_parameters(nb))
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
+    if log_output:  # papermill streams cell output through its logger at INFO: give it the terminal
+        import logging
+        import sys
+
+        pm_log = logging.getLogger("papermill")
+        if not pm_log.handlers:
+            handler = logging.StreamHandler(sys.stdout)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            pm_log.addHandler(handler)
+        pm_log.setLevel(logging.INFO)
     if kernel_log_level:
         kwargs["extra_arguments"] = [*kwargs.get("extra_arguments", []), f"--IPKernelApp.log_level={kernel_log_level}"]
     pm.execute_notebook(str(nb), str(output_path), parameters=parameters, cwd=str(cwd or nb.parent),
