@@ -126,3 +126,25 @@ def test_launcher_terminal_shows_progress_and_no_kernel_warnings(tmp_path, tiny_
 
 
 from test_train import _flat_yaml, _launch, tiny_data  # noqa: E402,F401  (the tiny data fixture and helpers)
+
+
+@pytest.mark.slow
+def test_log_output_streams_the_notebook_and_kernel_warnings_stay_away(tmp_path):
+    """notebooks.execute(log_output=True), as `launch --log-output` calls it: cell output reaches stdout."""
+    import subprocess
+    import sys
+
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x = 1")
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell("print('hello from the kernel', x)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "t.ipynb")
+    code = (f"from nbcore import notebooks; notebooks.execute({str(tmp_path / 't.ipynb')!r}, "
+            f"{str(tmp_path / 'out.ipynb')!r}, {{'x': 5}}, log_output=True)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "hello from the kernel 5" in p.stdout
+    assert "without encryption" not in p.stdout + p.stderr
