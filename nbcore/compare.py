@@ -247,22 +247,32 @@ def group_runs(runs, by="name") -> dict:
 def final_metrics(run: Run, bench_metric: str = "acc_norm") -> dict:
     """The numbers a table shows for one run.
 
-    val loss / bpb come from the latest eval.json entry when 05_eval ran (the full val split),
-    else from the training summary's last val. Benchmarks: `bench_metric` (acc_norm: the
-    length-normalised accuracy, the usual HellaSwag number) and n; skipped ones are absent.
+    val loss / bpb: 04's last validation when it scored the whole val split (summary.json's
+    final, `val_split: "whole"`): the same number the run's curve ends on. Otherwise (runs
+    from before 04 did that) the latest eval.json entry (05_eval, the whole val split), else
+    the summary's last val. `val_tokens` says how many tokens that number scored.
+    Benchmarks: `bench_metric` (acc_norm: the length-normalised accuracy, the usual HellaSwag
+    number) and n; skipped ones are absent.
     """
     ev = run.latest_eval() or {}
     fin = run.summary.get("final") or {}
     out = {"run": run.path.name, "name": run.name}
+    whole04 = fin.get("val_split") == "whole" and fin.get("val_loss") is not None
     for k in ("val_loss", "val_bpb"):
-        v = ev.get(k)
-        if v is None:
-            v = fin.get(k, run.summary.get(k))
+        if whole04:
+            v, src = fin.get(k), "summary.json"
+        elif ev.get(k) is not None:
+            v, src = ev.get(k), "eval.json"
+        else:
+            v, src = fin.get(k, run.summary.get(k)), "summary.json"
         if v is None and k in run.metrics:
             col = run.metrics[k][~np.isnan(run.metrics[k])]
             v = float(col[-1]) if col.size else None
         out[k] = _num(v)
-        out[k + "_source"] = "eval.json" if ev.get(k) is not None else "summary.json"
+        out[k + "_source"] = src
+    out["val_tokens"] = _num(fin.get("val_tokens") if whole04 else (ev.get("val_tokens") if ev.get("val_loss") is not None
+                                                                    else fin.get("val_tokens")))
+    out["val_split"] = "whole" if whole04 or ev.get("val_loss") is not None else (fin.get("val_split") or "unknown")
     for name, b in (ev.get("benchmarks") or {}).items():
         if isinstance(b, dict) and "skipped" not in b and bench_metric in b:
             out[f"bench:{name}"] = float(b[bench_metric])
@@ -320,7 +330,7 @@ def groups_table(groups: dict, bench_metric="acc_norm") -> list[dict]:
     rows = []
     for g, rs in groups.items():
         finals = [final_metrics(r, bench_metric) for r in rs]
-        keys = sorted({k for f in finals for k in f if k not in ("run", "name") and not k.endswith("_source")
+        keys = sorted({k for f in finals for k in f if k not in ("run", "name", "val_split") and not k.endswith("_source")
                        and not k.endswith(":n")})
         row = {"group": g, "n": len(rs)}
         for k in keys:
@@ -330,20 +340,21 @@ def groups_table(groups: dict, bench_metric="acc_norm") -> list[dict]:
     return rows
 
 
-def _best(rows, col: Column):
-    vals = [r.get(col.key) for r in rows]
-    vals = [v for v in vals if v is not None and not math.isnan(v)]
-    if col.better is None or len(vals) < 2:
-        return None
-    return min(vals) if col.better == "lower" else max(vals)
+def significant_winners(claims, label_key="group") -> dict:
+    """{metric: group} for the claims (compare.significance results) that hold: what a table may bold.
+
+    A winner is never the smallest number alone: with one seed, or a p-value above alpha, nothing is bold.
+    """
+    return {c["metric"]: c["experiment"] for c in claims or ()
+            if c.get("significant") and c.get("metric") and c.get("experiment") is not None}
 
 
-def _cell(row, col, best, latex: bool) -> str:
+def _cell(row, col, bold, latex: bool, label_key="group") -> str:
     v = row.get(col.key)
     text = _fmt(v, col.fmt)
     if not text:
         return "--" if latex else "—"
-    is_best = best is not None and v == best
+    is_best = bool(bold) and bold.get(col.key) is not None and row.get(label_key) == bold.get(col.key)
     std = row.get(col.key + ":std")
     n = row.get(col.key + ":n", 0)
     if latex:
@@ -357,8 +368,12 @@ def _cell(row, col, best, latex: bool) -> str:
     return body
 
 
-def to_markdown(rows, columns=None, label_key="group", extra_keys=("run",)) -> str:
-    """A GitHub-flavoured Markdown table; best score per column in bold, arrows say which way is better."""
+def to_markdown(rows, columns=None, label_key="group", extra_keys=("run",), bold=None) -> str:
+    """A GitHub-flavoured Markdown table; arrows say which way is better.
+
+    `bold` ({metric: group}, from `significant_winners`) marks a group's cell bold: only a
+    significant test makes a winner, never the smallest number alone.
+    """
     columns = columns or default_columns(rows)
     keys = [k for k in (label_key, *extra_keys) if any(k in r for r in rows)]
     if any("n" in r and not any(k == "run" for k in keys) for r in rows):
@@ -366,9 +381,8 @@ def to_markdown(rows, columns=None, label_key="group", extra_keys=("run",)) -> s
     arrow = {"lower": " ↓", "higher": " ↑", None: ""}
     head = keys + [c.header.replace("\\$", "$") + arrow[c.better] for c in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":--"] * len(keys) + ["--:"] * len(columns)) + "|"]
-    bests = [_best(rows, c) for c in columns]
     for r in rows:
-        cells = [str(r.get(k, "")) for k in keys] + [_cell(r, c, b, False) for c, b in zip(columns, bests)]
+        cells = [str(r.get(k, "")) for k in keys] + [_cell(r, c, bold, False, label_key) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -380,19 +394,18 @@ def latex_escape(s) -> str:
     return "".join(repl.get(ch, ch) for ch in str(s))
 
 
-def to_latex(rows, columns=None, label_key="group", extra_keys=("run",), caption=None, label=None) -> str:
-    """A booktabs table (tabular; wrapped in a table float when `caption` is given)."""
+def to_latex(rows, columns=None, label_key="group", extra_keys=("run",), caption=None, label=None, bold=None) -> str:
+    """A booktabs table (tabular; wrapped in a table float when `caption` is given); `bold` as in to_markdown."""
     columns = columns or default_columns(rows)
     keys = [k for k in (label_key, *extra_keys) if any(k in r for r in rows)]
     if any("n" in r and not any(k == "run" for k in keys) for r in rows):
         keys.append("n")
     arrow = {"lower": r" $\downarrow$", "higher": r" $\uparrow$", None: ""}
     head = [latex_escape(k) for k in keys] + [c.header + arrow[c.better] for c in columns]
-    bests = [_best(rows, c) for c in columns]
     lines = [r"\begin{tabular}{" + "l" * len(keys) + "r" * len(columns) + "}", r"\toprule",
              " & ".join(head) + r" \\", r"\midrule"]
     for r in rows:
-        cells = [latex_escape(r.get(k, "")) for k in keys] + [_cell(r, c, b, True) for c, b in zip(columns, bests)]
+        cells = [latex_escape(r.get(k, "")) for k in keys] + [_cell(r, c, bold, True, label_key) for c in columns]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     body = "\n".join(lines) + "\n"
@@ -403,15 +416,40 @@ def to_latex(rows, columns=None, label_key="group", extra_keys=("run",), caption
             f"\\resizebox{{\\linewidth}}{{!}}{{%\n{body}}}\n\\end{{table}}\n")
 
 
-def write_tables(out_dir, runs, groups, bench_metric="acc_norm") -> dict:
-    """results_runs.{md,tex} and results_groups.{md,tex} in out_dir; returns {name: path}."""
+def val_split_text(runs) -> str:
+    """Which split and how many tokens the tables' val numbers scored, e.g.
+    'the whole val split (118,784 tokens per run)'."""
+    finals = [final_metrics(r) for r in runs]
+    toks = sorted({int(f["val_tokens"]) for f in finals if not math.isnan(f.get("val_tokens", math.nan))})
+    splits = {f.get("val_split") for f in finals}
+    where = "the whole val split" if splits == {"whole"} else "the val split (" + ", ".join(sorted(map(str, splits))) + ")"
+    if not toks:
+        return where + " (token count not recorded)"
+    n = f"{toks[0]:,}" if len(toks) == 1 else f"{toks[0]:,}--{toks[-1]:,}"
+    return f"{where} ({n} tokens per run)"
+
+
+def write_tables(out_dir, runs, groups, bench_metric="acc_norm", claims=()) -> dict:
+    """results_runs.{md,tex} and results_groups.{md,tex} in out_dir; returns {name: path}.
+
+    Each says under it which split its val numbers scored; a group's cell is bold only where
+    one of `claims` (compare.significance results) found it significantly better.
+    """
     out_dir = Path(out_dir)
     rr, gr = runs_table(runs, groups, bench_metric), groups_table(groups, bench_metric)
     cols = default_columns(rr)
+    bold = significant_winners(claims)
+    note = f"val loss and bpb: {val_split_text(runs)}."
+    bold_note = (" Bold: significantly better than the baseline (" + "; ".join(
+        f"{m}: p = {c['p']:.3g}" for c in claims for m in [c.get("metric")] if m in bold) + ")."
+        if bold else " Nothing is bold: no difference was significant.")
     written = {}
-    for stem, rows, extra in (("results_runs", rr, ("run",)), ("results_groups", gr, ())):
-        written[stem + ".md"] = fileio.write_text(out_dir / f"{stem}.md", to_markdown(rows, cols, extra_keys=extra))
-        written[stem + ".tex"] = fileio.write_text(out_dir / f"{stem}.tex", to_latex(rows, cols, extra_keys=extra))
+    for stem, rows, extra, b in (("results_runs", rr, ("run",), None), ("results_groups", gr, (), bold)):
+        tail = note + (bold_note if stem == "results_groups" else "")
+        written[stem + ".md"] = fileio.write_text(out_dir / f"{stem}.md",
+                                                  to_markdown(rows, cols, extra_keys=extra, bold=b) + "\n" + tail + "\n")
+        written[stem + ".tex"] = fileio.write_text(out_dir / f"{stem}.tex", f"% {tail}\n"
+                                                   + to_latex(rows, cols, extra_keys=extra, bold=b))
     return written
 
 
@@ -430,8 +468,36 @@ def mean_curve(runs, y="val_loss", x="step") -> tuple[np.ndarray, np.ndarray]:
     return grid, np.mean([np.interp(grid, cx, cy) for cx, cy in curves], axis=0)
 
 
-def plot_curves(groups: dict, y="val_loss", x="step", ax=None, log_x=None):
-    """Each group in its colour: seeds as thin lines, their mean bold (a single run is drawn bold)."""
+def curve_split_note(runs) -> str:
+    """Which val tokens a curve's points scored, from metrics.csv's val_tokens column, e.g.
+    'val: first 65.5k tokens; last point: whole split, 1.2M tokens'."""
+    from .progress import fmt_count
+
+    inter, last, whole = set(), set(), True
+    for r in runs:
+        vl, vt = r.metrics.get("val_loss"), r.metrics.get("val_tokens")
+        if vl is None:
+            continue
+        if vt is None:
+            return "val: token counts not recorded"
+        idx = np.nonzero(~np.isnan(vl))[0]
+        if not idx.size:
+            continue
+        last |= {int(vt[idx[-1]])} if not np.isnan(vt[idx[-1]]) else set()
+        inter |= {int(v) for v in vt[idx[:-1]] if not np.isnan(v)}
+        whole &= (r.summary.get("final") or {}).get("val_split") == "whole"
+
+    def span(vals):
+        vals = sorted(vals)
+        return fmt_count(vals[0]) if len(vals) == 1 else f"{fmt_count(vals[0])}-{fmt_count(vals[-1])}"
+
+    head = f"val: first {span(inter)} tokens; " if inter else "val: "
+    return head + (f"last point: {'whole split, ' if whole else ''}{span(last)} tokens" if last else "no points")
+
+
+def plot_curves(groups: dict, y="val_loss", x="step", ax=None, log_x=None, note=True):
+    """Each group in its colour: seeds as thin lines, their mean bold (a single run is drawn bold).
+    With `note`, a line above the axes says which val tokens the points scored (`curve_split_note`)."""
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -448,6 +514,8 @@ def plot_curves(groups: dict, y="val_loss", x="step", ax=None, log_x=None):
     if log_x if log_x is not None else x == "flops":
         ax.set_xscale("log")
     ax.legend(loc="best")
+    if note and y.startswith("val"):
+        ax.set_title(curve_split_note([r for rs in groups.values() for r in rs]), fontsize=5.5, loc="left")
     return ax
 
 
@@ -509,10 +577,19 @@ def lower_is_better(metric: str) -> bool:
     return not metric.startswith("bench:")
 
 
-def _claim_text(res: stats.WelchResult, needed, alpha, what, exp, base, fmt=".4f") -> str:
+def _pfmt(p: float) -> str:
+    """A p-value as text: 0.0024, 3.1e-07, or < 1e-300 where it underflows."""
+    return "< 1e-300" if p == 0 else f"= {p:.3g}"
+
+
+def _claim_text(res: stats.WelchResult, needed, alpha, what, exp, base, fmt=".4f", boot=None, g=None) -> str:
     sig = res.p < alpha
+    lo, hi = res.ci()
     s = (f"{what}: {exp} {res.mean_x:{fmt}} ± {res.std_x:{fmt}} (n={res.n_x}) vs {base} {res.mean_y:{fmt}} ± "
-         f"{res.std_y:{fmt}} (n={res.n_y}); one-sided Welch t = {res.t:.2f}, df = {res.df:.1f}, p = {res.p:.3g} ")
+         f"{res.std_y:{fmt}} (n={res.n_y}); difference {res.diff:+{fmt}}, 95% Welch interval [{lo:+{fmt}}, {hi:+{fmt}}]"
+         + (f", bootstrap [{boot[0]:+{fmt}}, {boot[1]:+{fmt}}]" if boot else "")
+         + (f", Hedges' g = {g:.2f}" if g is not None and math.isfinite(g) else "")
+         + f"; one-sided Welch t = {res.t:.2f}, df = {res.df:.1f}, p {_pfmt(res.p)} ")
     if sig:
         return s + f"< {alpha:g}: significant."
     if needed is None:
@@ -536,11 +613,93 @@ def significance(groups: dict, baseline: str, experiment: str, metric: str = "va
     alt = "less" if lower_is_better(metric) else "greater"
     res = stats.welch_test(x, y, alternative=alt)
     needed = stats.seeds_needed(res.mean_x, res.std_x, res.n_x, res.mean_y, res.std_y, res.n_y, alpha, alt)
+    boot = stats.bootstrap_diff_ci(x, y)
+    g = stats.effect_size(x, y)
     return {"claim": f"{experiment} has {'lower' if alt == 'less' else 'higher'} {metric} than {baseline}",
             "metric": metric, "alpha": alpha, "experiment": experiment, "baseline": baseline,
             "experiment_values": x, "baseline_values": y, **res.to_dict(), "significant": res.p < alpha,
+            "bootstrap_ci95": list(boot), "bootstrap_resamples": stats.BOOTSTRAP_RESAMPLES, "hedges_g": g,
             "seeds_needed": needed if res.p >= alpha else 0,
-            "text": _claim_text(res, needed, alpha, metric_label(metric), experiment, baseline)}
+            "text": _claim_text(res, needed, alpha, metric_label(metric), experiment, baseline, boot=boot, g=g)}
+
+
+def target_tests(groups: dict, target: float, y: str = "val_loss", sigma: float = 0.0,
+                 alpha: float = stats.SPEEDRUN_ALPHA) -> list[dict]:
+    """The speedrun's record rules for every group's final `y` against `target`: the main track's
+    one-sided one-sample t-test (p < alpha, 0.01), and with a stated `sigma` the optimisation
+    track's one-sided z-test (p < 0.001). Groups with one run get only the z-test."""
+    out = []
+    for g, rs in groups.items():
+        vals = [v for v in metric_values(rs, y) if not math.isnan(v)]
+        row = {"group": g, "metric": y, "target": target, "n": len(vals), "mean": float(np.mean(vals)) if vals else None}
+        parts = []
+        if len(vals) >= 2:
+            t = stats.one_sample_test(vals, target, alpha=alpha)
+            row["t_test"] = t.to_dict()
+            parts.append(f"one-sided one-sample t = {t.statistic:.2f}, p {_pfmt(t.p)} "
+                         f"({'passes' if t.passed else 'fails'} p < {alpha:g})")
+        if sigma > 0 and vals:
+            z = stats.z_test_vs_target(vals, target, sigma)
+            row["z_test"] = z.to_dict()
+            parts.append(f"z-test with stated sigma {sigma:g}: z = {z.statistic:.2f}, p {_pfmt(z.p)} "
+                         f"({'passes' if z.passed else 'fails'} p < {z.alpha:g})")
+        row["text"] = (f"{g}: mean final {y} {row['mean']:.4f} (n={len(vals)}) against the target {target:.4f}: "
+                       + ("; ".join(parts) if parts else "one run and no stated sigma: no test")) if vals else f"{g}: no values"
+        out.append(row)
+    return out
+
+
+def difference_figure(groups: dict, baseline: str, metric: str = "val_bpb", width=COLUMN_WIDTH_IN,
+                      height=None, level: float = 0.95, bench_metric="acc_norm", note: str | None = None):
+    """Each arm's mean final `metric` minus the baseline's, with its 95% Welch interval (bar) and
+    bootstrap interval (thin bar beside it); a dashed line at zero. An effect of 0.008 bpb that is
+    invisible on the shared curves is plain here. Arms with fewer than 2 seeds are left out."""
+    import matplotlib.pyplot as plt
+
+    y = [v for v in metric_values(groups[baseline], metric, bench_metric) if not math.isnan(v)]
+    arms = []
+    for g, rs in groups.items():
+        x = [v for v in metric_values(rs, metric, bench_metric) if not math.isnan(v)]
+        if g == baseline or len(x) < 2 or len(y) < 2:
+            continue
+        res = stats.welch_test(x, y, "less" if lower_is_better(metric) else "greater")
+        arms.append((g, res.diff, res.ci(level), stats.bootstrap_diff_ci(x, y, level), len(x)))
+    if not arms:
+        raise ValueError(f"no arm besides {baseline!r} has 2 or more seeds (and the baseline needs 2): "
+                         "a difference plot needs seeds to show an interval")
+    height = height or max(1.3, 0.45 * len(arms) + 0.9)
+    with _style():
+        fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
+        for i, (g, d, (lo, hi), (blo, bhi), n) in enumerate(arms):
+            color = PALETTE[(list(groups).index(g)) % len(PALETTE)]
+            ax.errorbar([d], [i], xerr=[[d - lo], [hi - d]], fmt="o", color=color, ms=3.5, capsize=2.5, lw=1.4)
+            ax.errorbar([d], [i - 0.25], xerr=[[d - blo], [bhi - d]], fmt="none", color=color, lw=0.6, capsize=1.5,
+                        alpha=0.8)
+        ax.axvline(0.0, color="0.3", lw=0.7, ls="--")
+        ax.set_yticks(range(len(arms)), [f"{g} (n={n})" for g, *_, n in arms])
+        ax.set_ylim(-0.7, len(arms) - 0.4)
+        ax.set_xlabel(f"{metric_label(metric)}: arm minus {baseline} (n={len(y)})")
+        ax.grid(axis="y", visible=False)
+        if note:
+            ax.set_title(note, fontsize=5.5, loc="left")
+    return fig
+
+
+def export_difference(groups, baseline, out_dir, metric="val_bpb", close=True) -> dict:
+    """figures/diff_<metric>.pdf/.png (see difference_figure); {} with a reason under "skipped" when it cannot be drawn."""
+    import matplotlib.pyplot as plt
+
+    stem = f"diff_{metric.replace(':', '_')}"
+    try:
+        fig = difference_figure(groups, baseline, metric,
+                                note=f"val: {val_split_text([r for rs in groups.values() for r in rs])}"
+                                if metric in ("val_bpb", "val_loss") else None)
+    except ValueError as e:
+        return {"skipped": {stem: str(e)}}
+    out = {stem: save_figure(fig, out_dir, stem)}
+    if close:
+        plt.close(fig)
+    return out
 
 
 def time_to_target(run: Run, target: float, y: str = "val_loss", x: str = "elapsed_s") -> float | None:
@@ -597,7 +756,7 @@ def time_to_target_significance(groups, baseline, experiment, target=None, y="va
     needed = stats.seeds_needed(res.mean_x, res.std_x, res.n_x, res.mean_y, res.std_y, res.n_y, alpha, "less")
     return {**out, **res.to_dict(), "significant": res.p < alpha, "seeds_needed": needed if res.p >= alpha else 0,
             "text": _claim_text(res, needed, alpha, f"{X_AXES.get(x, x)} to reach {y} <= {target:.4f}",
-                                experiment, baseline, fmt=".4g")}
+                                experiment, baseline, fmt=".4g", g=stats.effect_size(xv, yv))}
 
 
 # ---------------------------------------------------------------- paper
@@ -659,6 +818,63 @@ SETUP_KEYS = ("arch", "size", "num_layers", "model_dim", "num_heads", "vocab_siz
               "grad_accum", "num_steps", "max_seconds", "lr_hidden_matrices", "lr_embed", "lr_head", "lr_scalars",
               "lr_adamw", "weight_decay", "cooldown_frac", "window_max", "dtype", "compile", "data_dir", "tokenizer")
 PATH_KEYS = ("data_dir", "tokenizer", "run_dir", "resume")  # shown by their last part in tables
+# Facts of one run, not of its configuration: never a "difference" between groups.
+RUN_SPECIFIC = ("seed", "name", "run_name", "run_dir", "resume", "out_dir", "out_name", "live_plot", "sample_tokens")
+_RUN_SPECIFIC_PATTERN = re.compile(r"(^|_)(time|timestamp|stamp|date|started|finished|written|path|file|host|pid)s?$")
+
+
+def is_run_specific(key: str) -> bool:
+    """True for keys naming the run itself (its folder, name, seed, resume point, timestamps, file paths)."""
+    leaf = key.split(".")[-1]
+    return key.split(".")[0] in RUN_SPECIFIC or bool(_RUN_SPECIFIC_PATTERN.search(leaf))
+
+
+def flat_params(run: Run) -> dict:
+    """The run's parameters with nested dicts flattened key by key: {"model_options": {"x0_mix": False}}
+    -> {"model_options.x0_mix": False}. An empty dict leaves no key."""
+    out = {}
+
+    def walk(prefix, d):
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(key + ".", v)
+            else:
+                out[key] = v
+    walk("", run.params)
+    return out
+
+
+def _param_value(run: Run, key: str):
+    """A flattened parameter; a model_options.X the run did not set is the model's default, from its config."""
+    flat = flat_params(run)
+    if key in flat:
+        v = flat[key]
+        return Path(v).name if key in PATH_KEYS and isinstance(v, str) and v else v
+    if key.startswith("model_options."):
+        return run.model_config.get(key.split(".", 1)[1])
+    return None
+
+
+def parameter_differences(groups: dict) -> list[str]:
+    """The flattened parameters whose values differ between the groups' first runs, run-specific ones left out."""
+    firsts = [rs[0] for rs in groups.values()]
+    keys = []
+    for r in firsts:
+        keys += [k for k in flat_params(r) if k not in keys]
+    return [k for k in keys if not is_run_specific(k)
+            and len({json.dumps(_param_value(r, k), sort_keys=True, default=str) for r in firsts}) > 1]
+
+
+def change_text(groups: dict, baseline: str, experiment: str) -> str:
+    """The Method paragraph's list of changes: `model_options.x0_mix` = False instead of True, ..."""
+    b, e = groups[baseline][0], groups[experiment][0]
+    diff = [k for k in parameter_differences({baseline: [b], experiment: [e]})]
+
+    def show(v):
+        return "--" if v is None else _tex_value(v)
+    return ", ".join(f"\\texttt{{{latex_escape(k)}}} = {show(_param_value(e, k))} instead of {show(_param_value(b, k))}"
+                     for k in diff) or "nothing but the seed"
 
 
 def _cfg(run: Run, notation: str):
@@ -679,19 +895,22 @@ def _tex_value(v) -> str:
 
 def setup_table(groups: dict, keys=SETUP_KEYS) -> str:
     """Parameters per group (first run of each): the ones that differ between groups first and
-    marked with *, then the usual ones that exist; scalars only."""
+    marked with *, nested ones key by key (`model_options.x0_mix`), never run-specific ones
+    (folder, name, seed, resume, timestamps, paths); then the usual ones that exist."""
     firsts = {g: rs[0] for g, rs in groups.items()}
     all_keys = []
     for r in firsts.values():
-        all_keys += [k for k, v in r.params.items() if k not in all_keys and not isinstance(v, (dict, list))]
-    differ = [k for k in all_keys if k not in ("seed", "name", "run_name", "out_dir", "resume")
-              and len({json.dumps(r.params.get(k), sort_keys=True, default=str) for r in firsts.values()}) > 1]
-    usual = [k for k in keys if k in all_keys and k not in differ]
+        all_keys += [k for k in r.params if k not in all_keys]
+    differ = parameter_differences(groups)
+    usual = [k for k in keys if k in all_keys and k not in differ and not isinstance(firsts[next(iter(firsts))].params.get(k), dict)]
     rows = [(k + "*", k) for k in differ] + [(k, k) for k in usual]
     extra = [("world size", "world_size"), ("hardware", "_hardware"), ("seeds", "_seeds")]
     lines = [r"\begin{tabular}{l" + "r" * len(firsts) + "}", r"\toprule",
              "parameter & " + " & ".join(latex_escape(g) for g in firsts) + r" \\", r"\midrule"]
     def value(r, k):
+        if "." in k:
+            v = _param_value(r, k)
+            return "--" if v is None else _tex_value(v)
         v = r.params.get(k, "--")
         if k in PATH_KEYS and isinstance(v, str) and v:
             v = Path(v).name
@@ -770,11 +989,13 @@ def reproducibility_text(runs) -> str:
 FIGURE_PAIRS = (("val_bpb_vs_tokens", "val_bpb_vs_elapsed_s"), ("val_loss_vs_flops", "val_loss_vs_step"))
 
 
-def figures_tex(figures: dict, tex_dir=None, pairs=FIGURE_PAIRS) -> str:
-    """Figure floats, two column-width panels side by side each, for the curve stems that were exported.
+def figures_tex(figures: dict, tex_dir=None, pairs=FIGURE_PAIRS, note: str = "", baseline: str = "") -> str:
+    """Figure floats, two column-width panels side by side each, for the curve stems that were exported,
+    and one for each difference plot (`diff_<metric>`, from export_difference).
 
     `figures` is export_curves' {stem: [pdf, png]}; PDFs are referenced relative to `tex_dir`
-    (the folder the .tex goes to), or as figures/<stem>.pdf when a stem has no path.
+    (the folder the .tex goes to), or as figures/<stem>.pdf when a stem has no path. `note`
+    (curve_split_note) goes into the curves' captions: which val tokens the points scored.
     """
     def where(stem):
         files = figures.get(stem) or []
@@ -797,9 +1018,19 @@ def figures_tex(figures: dict, tex_dir=None, pairs=FIGURE_PAIRS) -> str:
                                   for s in stems)
         which = ["Left", "right"] if len(stems) == 2 else ["Shown"]
         cap = "; ".join(f"{w}: {caption(s)}" for w, s in zip(which, stems))
-        parts.append(f"\\begin{{figure}}[t]\n\\centering\n{panels}\\caption{{{latex_escape(cap)}. Thin lines are "
-                     f"single seeds, bold lines the mean of each group.}}\\label{{fig:{stems[0].replace('_', '-')}}}\n"
-                     "\\end{figure}\n")
+        parts.append(f"\\begin{{figure}}[!htb]\n\\centering\n{panels}\\caption{{{latex_escape(cap)}. Thin lines are "
+                     f"single seeds, bold lines the mean of each group."
+                     + (f" {latex_escape(note[0].upper() + note[1:])}." if note else "")
+                     + f"}}\\label{{fig:{stems[0].replace('_', '-')}}}\n\\end{{figure}}\n")
+    for stem in [s for s in figures if s.startswith("diff_") and s != "skipped"]:
+        metric = stem[len("diff_"):]
+        parts.append(f"\\begin{{figure}}[!htb]\n\\centering\n\\includegraphics[width=0.6\\linewidth]{{{where(stem)}}}\n"
+                     f"\\caption{{{latex_escape(metric_label(metric))}: each arm's mean minus "
+                     f"{latex_escape(baseline or 'the baseline')}'s over seeds, with its 95\\% Welch interval "
+                     f"(thick) and a seeded bootstrap interval ({stats.BOOTSTRAP_RESAMPLES:,} resamples, thin). An interval "
+                     f"that excludes 0 is a difference the seeds support."
+                     + (f" {latex_escape(note[0].upper() + note[1:])}." if note else "")
+                     + f"}}\\label{{fig:{stem.replace('_', '-')}}}\n\\end{{figure}}\n")
     return "\n".join(parts) if parts else "% no figures were exported\n"
 
 
@@ -814,7 +1045,7 @@ def fill_template(template_text: str, values: dict) -> str:
 def fill_paper(out_dir, groups: dict, baseline: str, experiment: str, figures: dict | None = None,
                significance_results=(), judge_summary: dict | None = None, title: str | None = None,
                authors: str = "Anonymous", abstract: str | None = None, template=None, extra: dict | None = None,
-               bench_metric="acc_norm") -> Path:
+               bench_metric="acc_norm", target_results=()) -> Path:
     """Fill notebooks/paper_template.tex with the comparison and write out_dir/paper.tex.
 
     Setup table from the runs' parameters, results table (per group, mean ± std), the figures
@@ -829,8 +1060,9 @@ def fill_paper(out_dir, groups: dict, baseline: str, experiment: str, figures: d
     cols = default_columns(runs_table(runs, groups, bench_metric))
     sig_list = list(significance_results)
     results_text = ""
-    if sig_list:
-        results_text += "\\begin{itemize}\n" + "".join(f"\\item {latex_escape(s['text'])}\n" for s in sig_list) + "\\end{itemize}\n"
+    items = [s["text"] for s in sig_list] + [t["text"] for t in target_results or ()]
+    if items:
+        results_text += "\\begin{itemize}\n" + "".join(f"\\item {latex_escape(t)}\n" for t in items) + "\\end{itemize}\n"
     if judge_summary:
         lo, hi = judge_summary["win_rate_ci95"]
         results_text += (f"\nAn LLM judge ({latex_escape(judge_summary.get('judge_model', ''))}) preferred "
@@ -838,11 +1070,7 @@ def fill_paper(out_dir, groups: dict, baseline: str, experiment: str, figures: d
                          f"{100 * judge_summary['win_rate']:.1f}\\% of {judge_summary['n_prompts']} prompts "
                          f"(95\\% Wilson interval {100 * lo:.1f}--{100 * hi:.1f}\\%; 50\\% means no preference; "
                          f"each pair judged in both orders; ties, {judge_summary['ties']} of them, count as half).\n")
-    diff = [k for k in (groups[experiment][0].params.keys() | groups[baseline][0].params.keys())
-            if k not in ("seed", "name") and groups[experiment][0].params.get(k) != groups[baseline][0].params.get(k)]
-    diff_text = ", ".join(
-        f"\\texttt{{{latex_escape(k)}}} = {_tex_value(groups[experiment][0].params.get(k, '--'))} instead of "
-        f"{_tex_value(groups[baseline][0].params.get(k, '--'))}" for k in sorted(diff)) or "nothing but the seed"
+    diff_text = change_text(groups, baseline, experiment)
     headline = [s for s in sig_list if s.get("metric") == "val_bpb"] or sig_list
     abstract = abstract or (
         f"\\textbf{{TODO: one paragraph: the question, the method, the result.}} We compare "
@@ -855,10 +1083,14 @@ def fill_paper(out_dir, groups: dict, baseline: str, experiment: str, figures: d
         "METHOD": (f"\\textbf{{TODO: describe the idea.}} The experiment changes, relative to the baseline: {diff_text}. "
                    "Everything else (data, tokenizer, evaluation) is shared."),
         "SETUP_TABLE": setup_table(groups),
-        "RESULTS_TABLE": to_latex(gtab, cols, extra_keys=()),
+        "RESULTS_TABLE": to_latex(gtab, cols, extra_keys=(), bold=significant_winners(sig_list)),
+        "VAL_SPLIT": latex_escape(val_split_text(runs)),
+        "BOLD_NOTE": ("Bold: significantly better than the baseline (one-sided Welch test, $p < "
+                      f"{sig_list[0]['alpha']:g}$)." if significant_winners(sig_list) else
+                      "Nothing is bold: no difference was significant."),
         "RUN_TABLE": to_latex(runs_table(runs, groups, bench_metric), cols),
         "RESULTS_TEXT": results_text or "No significance tests were run.",
-        "FIGURES": figures_tex(figures or {}, out_dir),
+        "FIGURES": figures_tex(figures or {}, out_dir, note=curve_split_note(runs), baseline=baseline),
         "ARCHITECTURE": architecture_text(groups),
         "REPRODUCIBILITY": reproducibility_text(runs),
         "BASELINE": latex_escape(baseline), "EXPERIMENT": latex_escape(experiment),
@@ -894,6 +1126,53 @@ def check_latex(text: str) -> list[str]:
     return problems
 
 
+class LatexError(RuntimeError):
+    """pdflatex stopped on an error, or the PDF has undefined references."""
+
+
+def latex_problems(log_text: str) -> list[str]:
+    """Errors and undefined references in a pdflatex log (what a reader would see as ?? or a missing page)."""
+    out = []
+    lines = log_text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("!") or re.match(r"^[^:\s]+\.tex:\d+: ", line):
+            out.append(" ".join(l.strip() for l in lines[i:i + 3] if l.strip()))
+        elif re.search(r"(Reference|Citation) `[^']*' on page \d+ undefined", line):
+            out.append(line.strip())
+    if "There were undefined references" in log_text and not any("undefined" in p for p in out):
+        out.append("There were undefined references.")
+    return out
+
+
+def compile_pdf(tex_path, passes: int = 2, timeout: float = 120.0) -> Path:
+    """pdflatex `tex_path` in its folder (`passes` times, so references resolve); returns the PDF.
+
+    Raises LatexError with the log's errors and undefined references, FileNotFoundError when
+    pdflatex is not installed (Debian: texlive-latex-recommended and lmodern).
+    """
+    import shutil
+    import subprocess
+
+    tex_path = Path(tex_path)
+    exe = shutil.which("pdflatex")
+    if exe is None:
+        raise FileNotFoundError("pdflatex is not installed (Debian/Ubuntu: apt-get install texlive-latex-recommended "
+                                "lmodern); or upload the folder to Overleaf")
+    for _ in range(passes):
+        done = subprocess.run([exe, "-interaction=nonstopmode", "-halt-on-error", "-file-line-error", tex_path.name],
+                              cwd=tex_path.parent, capture_output=True, text=True, timeout=timeout,
+                              errors="replace")
+        if done.returncode != 0:
+            break
+    log = tex_path.with_suffix(".log")
+    problems = latex_problems(log.read_text(errors="replace") if log.exists() else done.stdout)
+    if done.returncode != 0 and not problems:
+        problems = [f"pdflatex exited with {done.returncode}: " + done.stdout[-500:]]
+    if problems:
+        raise LatexError(f"{tex_path}: " + "; ".join(problems[:8]) + f" (log: {log})")
+    return tex_path.with_suffix(".pdf")
+
+
 # ---------------------------------------------------------------- interactive
 def select_runs_widget(root=None):
     """An ipywidgets multi-select of the run folders under runs/ (newest first); read `.value` after choosing."""
@@ -918,4 +1197,7 @@ __all__ = ["Run", "load_run", "load_runs", "find_run_dirs", "resolve_specs", "gr
            "latex_escape", "write_tables", "mean_curve", "plot_curves", "curve_figure", "save_figure",
            "export_curves", "significance", "time_to_target", "default_target", "time_to_target_significance",
            "setup_table", "architecture_text", "fill_template", "fill_paper", "check_latex", "select_runs_widget",
-           "compare_dir", "STYLE", "PALETTE", "COLUMN_WIDTH_IN", "DPI"]
+           "compare_dir", "STYLE", "PALETTE", "COLUMN_WIDTH_IN", "DPI", "significant_winners", "val_split_text",
+           "curve_split_note", "target_tests", "difference_figure", "export_difference", "flat_params",
+           "parameter_differences", "change_text", "is_run_specific", "RUN_SPECIFIC", "compile_pdf", "latex_problems",
+           "LatexError"]

@@ -35,6 +35,9 @@ What the launcher adds:
   the launch and prints that rank's error. Multi-node: pass torchrun's rendezvous options
   (`--nnodes 2 --node-rank 0 --rdzv-endpoint host:29400 --rdzv-id myjob`) and run the same
   command on every node.
+- While 04 trains, a line per validation (and at most one per 30 s otherwise) with step, %, losses,
+  tokens/s, MFU, elapsed, ETA and dollars so far, read from the run's metrics.csv (nbcore.progress);
+  `--quiet` turns them off, `--log-output` streams the notebooks' own output as well.
 - The run folder gets every executed notebook (copies of reused ones too) and `launch.json`
   (the parameter set, overrides, each chapter's parameters, status and time).
 """
@@ -53,7 +56,7 @@ from pathlib import Path
 
 import yaml
 
-from . import fileio, notebooks, paths, runs
+from . import fileio, notebooks, paths, progress, runs
 from .params import ParameterError
 
 DISTRIBUTED_CHAPTERS = ("04", "05")   # run under torchrun (every rank executes the notebook)
@@ -271,7 +274,7 @@ def _copy(src: Path, dst: Path):
 
 
 def run_plan(plan: dict, nproc: int | None = None, resume=None, torchrun_args=(), log_output=False,
-             only=None, dry_run=False) -> Path:
+             only=None, dry_run=False, quiet=False) -> Path:
     """Run every chapter of `plan` in order; returns the run folder."""
     nproc = int(nproc or plan.get("nproc") or 1)
     for ch in plan["chapters"]:  # every chapter's names and ${vars} are checked before anything runs
@@ -347,6 +350,8 @@ def run_plan(plan: dict, nproc: int | None = None, resume=None, torchrun_args=()
                     k += 1
                 out = run_dir / f"{nb.stem}.resume{k}.ipynb"
             print(f"[launch] {nb.stem} on {n} process(es) -> {out}", flush=True)
+            printer = (progress.start_for_chapter(run_dir, {**declared, **params}, n * _num_nodes(torchrun_args), quiet)
+                       if cid == "04" else None)  # live progress lines from metrics.csv (--quiet: none)
             try:
                 if n > 1 or torchrun_args:
                     run_distributed(nb, out, params, n, run_dir / "logs", torchrun_args, log_output)
@@ -360,6 +365,9 @@ def run_plan(plan: dict, nproc: int | None = None, resume=None, torchrun_args=()
                     raise
                 ename, evalue = getattr(e, "ename", type(e).__name__), getattr(e, "evalue", str(e))
                 raise LaunchError(f"{nb.name} failed: {ename}: {evalue}\n(executed copy: {out})") from None
+            finally:
+                if printer is not None:
+                    printer.stop()
             entry["status"] = "ran"
             entry["output"] = out.name
             entry["processes"] = n
@@ -369,6 +377,11 @@ def run_plan(plan: dict, nproc: int | None = None, resume=None, torchrun_args=()
     if dry_run:
         print(json.dumps(this, indent=2, default=str))
     return run_dir
+
+
+def _num_nodes(torchrun_args) -> int:
+    nodes = [a.split("=", 1)[1] for a in torchrun_args if a.startswith("--nnodes=")]
+    return int(nodes[0].split(":")[-1]) if nodes and nodes[0].split(":")[-1].isdigit() else 1
 
 
 def recorded_plan(run) -> dict:
@@ -398,6 +411,7 @@ def parse_args(argv=None):
     ap.add_argument("--only", default=None, help="comma-separated chapter numbers to run (e.g. 04,05)")
     ap.add_argument("--dry-run", action="store_true", help="print the chapters and their parameters, run nothing")
     ap.add_argument("--log-output", action="store_true", help="stream the notebooks' output to the terminal")
+    ap.add_argument("--quiet", action="store_true", help="no live progress lines while 04_train runs")
     ap.add_argument("--nnodes", default=None, help="torchrun --nnodes (multi-node)")
     ap.add_argument("--node-rank", default=None, help="torchrun --node-rank")
     ap.add_argument("--rdzv-endpoint", default=None, help="torchrun --rdzv-endpoint host:port")
@@ -433,7 +447,7 @@ def main(argv=None) -> int:
                 trargs += [f"--rdzv-id={a.rdzv_id}"]
         only = set(a.only.split(",")) if a.only else None
         run_dir = run_plan(plan, nproc=a.nproc, resume=a.resume, torchrun_args=trargs, log_output=a.log_output,
-                           only=only, dry_run=a.dry_run)
+                           only=only, dry_run=a.dry_run, quiet=a.quiet)
     except (LaunchError, ParameterError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"launch failed: {e}", file=sys.stderr)
         return 1

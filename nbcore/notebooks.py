@@ -41,10 +41,12 @@ def declared_parameters(notebook) -> dict:
 
 
 def execute(notebook, output_path, parameters=None, cwd=None, log_output=False, progress_bar=False,
-            kernel_name=None, **kwargs) -> Path:
+            kernel_name=None, kernel_log_level="ERROR", **kwargs) -> Path:
     """Run a chapter through papermill with `parameters`; the executed copy goes to `output_path`.
 
-    Names are checked against the parameters cell before any kernel starts.
+    Names are checked against the parameters cell before any kernel starts. The kernel logs at
+    `kernel_log_level` ("ERROR"): its start-up warnings (ipykernel's "Kernel is running over TCP
+    without encryption", about a kernel on localhost) go nowhere near the user's terminal.
     """
     import papermill as pm
 
@@ -53,6 +55,18 @@ def execute(notebook, output_path, parameters=None, cwd=None, log_output=False, 
     check_names(parameters, declared_parameters(nb))
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
+    if log_output:  # papermill streams cell output through its logger at INFO: give it the terminal
+        import logging
+        import sys
+
+        pm_log = logging.getLogger("papermill")
+        if not pm_log.handlers:
+            handler = logging.StreamHandler(sys.stdout)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            pm_log.addHandler(handler)
+        pm_log.setLevel(logging.INFO)
+    if kernel_log_level:
+        kwargs["extra_arguments"] = [*kwargs.get("extra_arguments", []), f"--IPKernelApp.log_level={kernel_log_level}"]
     pm.execute_notebook(str(nb), str(output_path), parameters=parameters, cwd=str(cwd or nb.parent),
                         log_output=log_output, progress_bar=progress_bar, kernel_name=kernel_name, **kwargs)
     return output_path

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from . import fileio, paths
 
-METRICS_COLUMNS = ["step", "tokens", "train_loss", "val_loss", "val_bpb", "lr", "elapsed_s", "tokens_per_s"]
+METRICS_COLUMNS = ["step", "tokens", "train_loss", "val_loss", "val_bpb", "lr", "elapsed_s", "tokens_per_s", "val_tokens",
+                   "mfu"]
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 

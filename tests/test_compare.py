@@ -18,11 +18,14 @@ BYTES_PER_TOKEN = 4.0
 
 
 def make_fake_run(root, name, seed=0, final=3.0, speed=1.0, arch="gpt", lr=0.02, steps=60, val_every=10,
-                  stamp=None, bench=(0.30, 0.45), generations=None, flops=True, evals=True):
+                  stamp=None, bench=(0.30, 0.45), generations=None, flops=True, evals=True, val_tokens=None,
+                  params_extra=None):
     """A run folder `root/<stamp>_<name>` whose val loss decays towards `final` (+ seed noise),
     written with nbcore.runs / nbcore.evaluate's own writers where they have one.
 
     speed > 1 makes it reach a given loss in fewer seconds (elapsed_s = step * 0.5 / speed).
+    val_tokens=(interval, whole): the val_tokens column as 04 writes it, its last validation on the
+    whole split (recorded in summary.json's final, as 04 does).
     """
     rng = np.random.default_rng(seed + 1000 * int(final * 100))
     stamp = stamp or f"20260101_{120000 + seed:06d}"
@@ -36,13 +39,15 @@ def make_fake_run(root, name, seed=0, final=3.0, speed=1.0, arch="gpt", lr=0.02,
         if step % val_every == 0:
             val = final + 3.0 * math.exp(-step / 15) + 0.002 * rng.standard_normal()
             row["val_loss"], row["val_bpb"] = round(val, 6), round(val / math.log(2) / BYTES_PER_TOKEN, 6)
+            if val_tokens:
+                row["val_tokens"] = val_tokens[1] if step == steps else val_tokens[0]
             last_val = row["val_loss"]
         log.add(**row)
     log.enabled = True
     log.flush()
     params = {"name": name, "arch": arch, "seed": seed, "lr": lr, "num_layers": 4, "model_dim": 128,
               "num_heads": 4, "vocab_size": 4096, "seq_len": 256, "batch_size": 32, "max_steps": steps,
-              "gpu_hourly_price": 2.0}
+              "gpu_hourly_price": 2.0, **(params_extra or {})}
     model_config = {"vocab_size": 4096, "num_layers": 4, "model_dim": 128, "num_heads": 4, "head_dim": 32,
                     "seq_len": 256}
     summary = {"parameters": params, "versions": {"python": "3.11.7", "torch": "2.13.0"},
@@ -55,6 +60,9 @@ def make_fake_run(root, name, seed=0, final=3.0, speed=1.0, arch="gpt", lr=0.02,
                "model_config": model_config, "num_params": 1_234_567}
     if flops:
         summary["flops_per_token"] = 7_400_000
+    if val_tokens:
+        summary["final"].update(val_tokens=val_tokens[1], val_split="whole",  # the numbers metrics.csv ends on
+                                val_bpb=round(last_val / math.log(2) / BYTES_PER_TOKEN, 6))
     (d / "summary.json").write_text(json.dumps(summary))
     if evals:  # eval.json and generations.jsonl through nbcore.evaluate's own writers
         from nbcore import evaluate
@@ -193,8 +201,11 @@ def test_markdown_and_latex_tables(fake, tmp_path):
     assert "val bpb ↓" in lines[0] and "HellaSwag ↑" in lines[0] and "PIQA" not in lines[0]
     muon = [l for l in lines if l.startswith("| muon")][0]
     mean = rows[[r["group"] for r in rows].index("muon")]["val_bpb"]
-    assert f"**{mean:.4f}** ± " in muon  # best val bpb in bold, with its std
-    tex = compare.to_latex(rows, caption="Results", label="tab:r")
+    assert f"| {mean:.4f} ± " in muon and "**" not in md  # no test, no bold
+    bold = compare.significant_winners([compare.significance(groups, "baseline", "muon")])
+    assert bold == {"val_bpb": "muon"}
+    assert f"**{mean:.4f}** ± " in [l for l in compare.to_markdown(rows, bold=bold).splitlines() if l.startswith("| muon")][0]
+    tex = compare.to_latex(rows, caption="Results", label="tab:r", bold=bold)
     assert tex.count(r"\toprule") == tex.count(r"\midrule") == tex.count(r"\bottomrule") == 1
     assert r"$\pm$" in tex and r"\textbf{" in tex and compare.check_latex(tex) == []
     body = [l for l in tex.splitlines() if l.startswith("muon")][0]
@@ -368,3 +379,97 @@ def test_architecture_appendix_follows_the_config_switches():
     assert "no value embeddings" in second and "full causal attention" in second and "no logit soft-cap" in second
     assert "$D_h = 32$" in first and "2.00M parameters" in first and "12.00M FLOPs per token" in first
     assert compare.check_latex(tex) == []
+
+
+# ---------------------------------------------------------------- issue 14: the right change, agreeing numbers
+def _x0_pair(runs_dir, n_seeds=1, gap=0.0, **kw):
+    """The demo's experiment: runs that differ only inside model_options (and in run-specific fields)."""
+    for s in range(n_seeds):
+        for name, opts, final in (("base", {}, 3.30), ("nox0", {"x0_mix": False}, 3.30 + gap)):
+            d = make_fake_run(runs_dir, f"{name}-s{s}", seed=s, final=final + 0.002 * s,
+                              stamp=f"2026010{1 if name == 'base' else 2}_{100000 + s:06d}",
+                              params_extra={"model_options": opts, "run_dir": f"/runs/2026_{name}{s}",
+                                            "resume": "", "started": f"12:0{s}"}, **kw)
+            summ = json.loads((d / "summary.json").read_text())
+            summ["model_config"]["x0_mix"] = opts.get("x0_mix", True)  # what build_model resolved
+            (d / "summary.json").write_text(json.dumps(summ))
+    return compare.group_runs(compare.load_runs(["*"]), "name")
+
+
+def test_setup_table_and_method_name_the_nested_change_not_run_specific_fields(runs_dir, tmp_path):
+    groups = _x0_pair(runs_dir)
+    assert compare.parameter_differences(groups) == ["model_options.x0_mix"]
+    table = compare.setup_table(groups)
+    assert r"model\_options.x0\_mix* & True & False \\" in table
+    for field in ("run\\_dir", "resume", "started", "name*", "seed*"):
+        assert field not in table, field
+    assert compare.check_latex(table) == []
+    tex = compare.fill_paper(tmp_path, groups, "base", "nox0").read_text()
+    method = tex.split(r"\section{Method}")[1].split(r"\section")[0]
+    assert r"\texttt{model\_options.x0\_mix} = False instead of True" in method and "run" not in method.lower()
+
+
+def test_tables_bold_only_a_significant_winner(runs_dir, tmp_path):
+    groups = _x0_pair(runs_dir, n_seeds=2, gap=0.0005)  # a tiny difference, 2 seeds: not significant
+    sig = compare.significance(groups, "nox0", "base", "val_bpb")
+    assert not sig["significant"] and compare.significant_winners([sig]) == {}
+    written = compare.write_tables(tmp_path, [r for rs in groups.values() for r in rs], groups, claims=[sig])
+    md = written["results_groups.md"].read_text()
+    assert "**" not in md and "Nothing is bold" in md
+    tex = compare.fill_paper(tmp_path, groups, "nox0", "base", significance_results=[sig]).read_text()
+    assert r"\textbf{" not in tex.split(r"\label{tab:results}")[1].split(r"\end{table}")[0]
+    assert "Nothing is bold" in tex
+
+
+def test_significance_reports_intervals_effect_size_and_the_difference_plot(fake, tmp_path):
+    groups = compare.group_runs(compare.load_runs(["*"]), "name")
+    s = compare.significance(groups, "baseline", "muon", "val_bpb")
+    lo, hi = s["welch_ci95"]
+    blo, bhi = s["bootstrap_ci95"]
+    assert lo < s["diff"] < hi and blo <= s["diff"] <= bhi and hi < 0 and s["hedges_g"] < -1
+    assert "95% Welch interval" in s["text"] and "bootstrap" in s["text"] and "Hedges' g" in s["text"]
+    figs = compare.export_difference(groups, "baseline", tmp_path)
+    pdf, png = figs["diff_val_bpb"]
+    assert pdf.read_bytes().startswith(b"%PDF") and png_size(png)[0] == round(compare.COLUMN_WIDTH_IN * compare.DPI)
+    fig = compare.difference_figure(groups, "baseline", "val_bpb")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["muon (n=3)"]
+    (mark,) = [l for l in ax.get_lines() if l.get_marker() == "o"]
+    assert mark.get_xdata()[0] == pytest.approx(s["diff"])  # the point is the difference of means
+    tex = compare.figures_tex(figs, tmp_path, baseline="baseline")
+    assert "diff_val_bpb.pdf" in tex and "Welch interval" in tex and compare.check_latex(tex) == []
+
+
+def test_difference_plot_needs_seeds(runs_dir, tmp_path):
+    groups = _x0_pair(runs_dir)  # one seed per arm
+    out = compare.export_difference(groups, "base", tmp_path)
+    assert "2 or more seeds" in out["skipped"]["diff_val_bpb"]
+
+
+def test_target_tests_apply_the_speedrun_rules(fake):
+    groups = compare.group_runs(compare.load_runs(["*"]), "name")
+    rows = {r["group"]: r for r in compare.target_tests(groups, 3.40, sigma=0.0013)}
+    vals = compare.metric_values(groups["muon"], "val_loss")
+    assert rows["muon"]["t_test"]["p"] == pytest.approx(stats.one_sample_test(vals, 3.40).p)
+    assert rows["muon"]["t_test"]["passed"] and rows["muon"]["z_test"]["passed"] and "passes p < 0.01" in rows["muon"]["text"]
+    far = {r["group"]: r for r in compare.target_tests(groups, 3.0)}
+    assert not far["muon"]["t_test"]["passed"] and "z_test" not in far["muon"]
+
+
+def test_curve_ends_on_the_tables_value_and_both_say_which_split(runs_dir, tmp_path):
+    groups = _x0_pair(runs_dir, n_seeds=2, val_tokens=(65536, 200704))
+    runs_ = [r for rs in groups.values() for r in rs]
+    rows = {r["run"]: r for r in compare.runs_table(runs_, groups)}
+    for r in runs_:
+        assert r.latest_eval()["val_bpb"] != r.curve("val_bpb", "step")[1][-1]  # 05's number differs ...
+        assert rows[r.path.name]["val_bpb"] == r.curve("val_bpb", "step")[1][-1]  # ... the table shows the curve's
+        assert rows[r.path.name]["val_tokens"] == 200704
+    assert compare.val_split_text(runs_) == "the whole val split (200,704 tokens per run)"
+    note = compare.curve_split_note(runs_)
+    assert note == "val: first 65.5k tokens; last point: whole split, 201k tokens"
+    fig = compare.curve_figure(groups, "val_bpb", "step")
+    assert fig.axes[0].get_title(loc="left") == note
+    tex = compare.fill_paper(tmp_path, groups, "base", "nox0",
+                             figures=compare.export_curves(groups, tmp_path / "figures", xs=("step",))).read_text()
+    assert tex.count("the whole val split (200,704 tokens per run)") == 2  # both result tables' captions
+    assert "Val: first 65.5k tokens; last point: whole split, 201k tokens" in tex

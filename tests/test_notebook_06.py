@@ -24,7 +24,7 @@ def test_06_compare_headless_writes_tables_figures_paper_and_judge(runs_dir, tmp
         out = notebooks.execute("06_compare", tmp_path / "06_compare.ipynb",
                                 {"runs": [], "group_by": "name", "baseline": "baseline", "experiment": "muon",
                                  "out_name": "nbtest", "title": "Muon vs AdamW", "judge_workers": 2,
-                                 "judge_price_in_per_m": 1.0})
+                                 "judge_price_in_per_m": 1.0, "record_target": 3.40, "target_sigma": 0.0013})
     finally:
         srv.close()
     d = runs_dir / "compare_nbtest"
@@ -37,7 +37,14 @@ def test_06_compare_headless_writes_tables_figures_paper_and_judge(runs_dir, tmp
         w, _ = struct.unpack(">II", png.read_bytes()[16:24])
         assert w == round(compare.COLUMN_WIDTH_IN * compare.DPI)
     md = (d / "results_groups.md").read_text()
-    assert md.count("\n") == 4 and "| muon | 2 |" in md and "| baseline | 2 |" in md
+    table, note = md.split("\n\n")
+    assert table.count("\n") == 3 and "| muon | 2 |" in md and "| baseline | 2 |" in md
+    assert "**" in table.splitlines()[2 if "muon" in table.splitlines()[2] else 3]  # significant: bold
+    assert "whole val split" not in note or "tokens per run" in note  # the split and its tokens are stated
+    assert "val loss and bpb:" in note and "Bold: significantly better" in note
+    assert (d / "figures" / "diff_val_bpb.pdf").exists() and (d / "figures" / "diff_val_bpb.png").exists()
+    rec = json.loads((d / "record_tests.json").read_text())
+    assert [r["group"] for r in rec] == ["baseline", "muon"] and rec[1]["t_test"]["passed"]
     tex = (d / "paper.tex").read_text()
     assert compare.check_latex(tex) == [] and "<<" not in tex and r"\title{Muon vs AdamW}" in tex
     sig = json.loads((d / "significance.json").read_text())
@@ -52,7 +59,9 @@ def test_06_compare_headless_writes_tables_figures_paper_and_judge(runs_dir, tmp
     assert rec["groups"]["muon"] == ["20260101_110000_muon_seed0", "20260101_110001_muon_seed1"]
     executed = nbformat.read(out, as_version=4)
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "nothing selected: taking every run" in text and "by hand: t =" in text
+    assert "nothing selected: taking every run" in text and "by hand: t =" in text and "scipy.stats.ttest_ind" in text
+    assert "bootstrap 95%" in text and "Hedges' g" in text and "difference plot: diff_val_bpb.pdf" in text
+    assert "diff_val_bpb.pdf" in tex
 
 
 def test_06_rejects_a_mistyped_parameter_before_running(tmp_path):

@@ -1,33 +1,11 @@
-"""nbcore.stats against closed forms, printed t tables and a published Welch example."""
+"""nbcore.stats (on scipy) against closed forms, printed t tables, a published Welch example and the
+speedrun's own published numbers (Modded-NanoGPT README and records)."""
 import math
 
 import numpy as np
 import pytest
 
 from nbcore import stats
-
-
-# ---------------------------------------------------------------- incomplete beta
-@pytest.mark.parametrize("a,b,x,want", [
-    (1, 1, 0.3, 0.3),                       # uniform
-    (2.5, 1, 0.4, 0.4 ** 2.5),              # I_x(a, 1) = x^a
-    (1, 3.5, 0.2, 1 - 0.8 ** 3.5),          # I_x(1, b) = 1 - (1-x)^b
-    (7.3, 7.3, 0.5, 0.5),                   # symmetry
-    (2, 3, 0.25, 0.26171875),               # polynomial: sum_{j=2}^{4} C(4,j) x^j (1-x)^(4-j)
-    (0.5, 0.5, 0.25, 1 / 3),                # arcsine law: (2/pi) asin(sqrt(x))
-])
-def test_betainc_closed_forms(a, b, x, want):
-    assert stats.betainc(a, b, x) == pytest.approx(want, rel=1e-12, abs=1e-14)
-
-
-def test_betainc_edges_and_symmetry():
-    assert stats.betainc(3, 4, 0.0) == 0.0 and stats.betainc(3, 4, 1.0) == 1.0
-    for a, b, x in [(0.7, 12.0, 0.05), (50, 60, 0.47), (200.5, 0.5, 0.999)]:
-        assert stats.betainc(a, b, x) == pytest.approx(1 - stats.betainc(b, a, 1 - x), abs=1e-13)
-    with pytest.raises(ValueError, match="a > 0 and b > 0"):
-        stats.betainc(0, 1, 0.5)
-    with pytest.raises(ValueError, match="0 <= x <= 1"):
-        stats.betainc(1, 1, 1.5)
 
 
 # ---------------------------------------------------------------- Student t
@@ -143,3 +121,77 @@ def test_wilson_interval_reference_values():
         stats.wilson_interval(0, 0)
     with pytest.raises(ValueError, match="lie in"):
         stats.wilson_interval(11, 10)
+
+
+# ---------------------------------------------------------------- scipy, bootstrap, effect size
+def test_welch_is_scipys_welch():
+    from scipy import stats as sps
+
+    r = stats.welch_test(A1, A2, "less")
+    ref = sps.ttest_ind(A1, A2, equal_var=False, alternative="less")
+    assert r.t == pytest.approx(ref.statistic, rel=1e-12) and r.p == pytest.approx(ref.pvalue, rel=1e-12)
+    lo, hi = r.ci()
+    assert lo < r.diff < hi and (hi - lo) / 2 == pytest.approx(stats.t_ppf(0.975, r.df) * r.se)
+    assert r.to_dict()["welch_ci95"] == [lo, hi]
+
+
+def test_bootstrap_interval_is_seeded_and_agrees_with_welch_on_clean_data():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(3.20, 0.01, 40), rng.normal(3.25, 0.01, 40)
+    a = stats.bootstrap_diff_ci(x, y)
+    assert a == stats.bootstrap_diff_ci(x, y)                   # same seed, same interval
+    assert a != stats.bootstrap_diff_ci(x, y, seed=1)
+    lo, hi = a
+    wlo, whi = stats.welch_test(x, y).ci()
+    assert lo < np.mean(x) - np.mean(y) < hi
+    assert lo == pytest.approx(wlo, abs=0.002) and hi == pytest.approx(whi, abs=0.002)
+    with pytest.raises(ValueError, match="at least 2 values"):
+        stats.bootstrap_diff_ci([1.0], [1.0, 2.0])
+
+
+def test_effect_size_is_hedges_g():
+    x, y = [3.20, 3.22, 3.21], [3.30, 3.26, 3.29, 3.31]
+    sp = math.sqrt((2 * np.var(x, ddof=1) + 3 * np.var(y, ddof=1)) / 5)
+    want = (np.mean(x) - np.mean(y)) / sp * (1 - 3 / (4 * 7 - 9))
+    assert stats.effect_size(x, y) == pytest.approx(want, rel=1e-12) and want < -3
+    with pytest.raises(ValueError, match="at least 2"):
+        stats.effect_size([1.0], [1.0, 2.0])
+
+
+# ---------------------------------------------------------------- the speedrun's rules
+# Final val losses of a main-track record (Modded-NanoGPT, records/track_1_short/2025-01-04_SoftCap):
+# the README there reports p = 0.0003 from a one-sided one-sample t-test against 3.28, mean 3.2777, std 0.0040.
+SOFTCAP = [3.2759, 3.2781, 3.2791, 3.2771, 3.2838, 3.2749, 3.2793, 3.279, 3.2794, 3.2744, 3.2751,
+           3.2845, 3.2736, 3.2783, 3.2793, 3.2779, 3.2756, 3.281, 3.2803, 3.2766, 3.2851, 3.275,
+           3.2778, 3.2723, 3.2842, 3.2735, 3.275, 3.2796, 3.2782, 3.2758, 3.2763, 3.2751, 3.2791,
+           3.2804, 3.2725, 3.2898, 3.2718, 3.2764, 3.271, 3.2745]
+
+
+def test_main_track_one_sample_t_test_reproduces_the_record():
+    r = stats.one_sample_test(SOFTCAP, 3.28)
+    assert round(r.p, 4) == 0.0003 and r.passed and r.alpha == 0.01
+    assert r.mean == pytest.approx(3.2777, abs=5e-5) and r.sigma == pytest.approx(0.0040, abs=5e-5) and r.n == 40
+    assert not stats.one_sample_test(SOFTCAP[:3], 3.28).passed  # 3 runs around 3.2777 are not enough
+    with pytest.raises(ValueError, match="at least 2 runs"):
+        stats.one_sample_test([3.27], 3.28)
+
+
+def test_optimisation_track_z_test_with_the_stated_sigma():
+    # the README's examples: one run below ~3.276 passes, four runs need a mean below ~3.278
+    assert stats.z_test_vs_target([3.2755], 3.28).passed and not stats.z_test_vs_target([3.2765], 3.28).passed
+    assert stats.z_test_vs_target([3.2770, 3.2786, 3.2775, 3.2781], 3.28).passed        # mean 3.2778
+    assert not stats.z_test_vs_target([3.2775, 3.2790, 3.2780, 3.2783], 3.28).passed    # mean 3.2782
+    r = stats.z_test_vs_target([3.2760], 3.28, sigma=0.0013)
+    assert r.statistic == pytest.approx(0.004 / 0.0013) and r.p == pytest.approx(0.5 * math.erfc(r.statistic / math.sqrt(2)))
+
+
+def test_optimisation_track_pairwise_rule_reproduces_the_readme():
+    # #12 (3.2790, n=20, 3325 steps) against #6 (3.2788, n=20, 3375 steps): 0.00648 >= 0.004, better
+    r = stats.step_adjusted_z_test(3.2790, 20, 3325, 3.2788, 20, 3375)
+    assert r["advantage_per_scale"] == pytest.approx(0.00648, abs=5e-6) and r["passed"]
+    # #13 (3.2785, n=10, 3210) against #8 (3.2778, n=16, 3250): 0.0027, not better
+    r = stats.step_adjusted_z_test(3.2785, 10, 3210, 3.2778, 16, 3250)
+    assert r["advantage_per_scale"] == pytest.approx(0.0027, abs=5e-5) and not r["passed"]
+    # #11 against #9: 25 fewer steps but 0.0014 more loss, worth about 31 steps
+    r = stats.step_adjusted_z_test(3.2785, 16, 3225, 3.2771, 8, 3250)
+    assert -r["steps_equivalent"] == pytest.approx(31, abs=0.5) and r["advantage"] < 0
