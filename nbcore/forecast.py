@@ -312,7 +312,7 @@ def forecast(source, card_name: str, gpus: int | None = None, price: float = 0.0
         sw = sweep.load_sweep(source)
         if nproc:
             sw["nproc"] = nproc
-        plans = [e["plan"] for e in sweep.run_plans(sw, overrides)]
+        plans = [e["plan"] for e in sweep.run_plans(sw, overrides, check=False)]
         what = f"sweep {sw['name']} ({len(sw['variants'])} variant(s) x {len(sw['seeds'])} seed(s))"
     else:
         plans = [launch.apply_overrides(launch.load_plan(source), overrides or {})]

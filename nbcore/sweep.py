@@ -42,6 +42,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -188,8 +189,10 @@ def apply_parameters(plan: dict, params: dict) -> dict:
     return plan
 
 
-def run_plans(sweep: dict, overrides: dict | None = None) -> list[dict]:
-    """One entry per variant x seed: {'run', 'variant', 'seed', 'plan', 'key'} (plans checked, nothing run)."""
+def run_plans(sweep: dict, overrides: dict | None = None, check: bool = True) -> list[dict]:
+    """One entry per variant x seed: {'run', 'variant', 'seed', 'plan', 'key'} (plans checked, nothing run).
+
+    check=False leaves ${vars} that are not given yet unchecked (the forecast needs no data paths)."""
     base = launch.load_plan(sweep["parameter_set"])
     if not any(launch.chapter_id(ch["notebook"]) == TRAIN_CHAPTER for ch in base["chapters"]):
         raise SweepError(f"{sweep['parameter_set']}: a sweep needs a training chapter (04_train) to seed")
@@ -204,7 +207,7 @@ def run_plans(sweep: dict, overrides: dict | None = None) -> list[dict]:
                     ch["parameters"]["seed"] = seed
             plan = launch.apply_overrides(plan, {"name": name})
             plan["nproc"] = int(sweep["nproc"] or plan.get("nproc") or 1)
-            for ch in plan["chapters"]:  # names and ${vars} checked before anything runs
+            for ch in plan["chapters"] if check else []:  # names and ${vars} checked before anything runs
                 notebooks.check_names(launch.substitute(ch["parameters"], plan["vars"]),
                                       notebooks.declared_parameters(ch["notebook"]))
             body = {"name": plan["name"], "nproc": plan["nproc"], "vars": plan["vars"], "chapters": plan["chapters"]}
@@ -271,25 +274,21 @@ class SweepState:
             try:
                 fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                try:
-                    pid = int(self.lock.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and _alive(pid):
+                host, pid = _lock_owner(self.lock)
+                if pid and host == socket.gethostname() and _alive(pid):
                     raise SweepError(f"another launcher (pid {pid}) is running this sweep ({self.folder}); "
                                      f"wait for it or stop it first") from None
+                if host and host != socket.gethostname():  # e.g. a preempted machine: runs/ on a bucket
+                    print(f"[sweep] taking over from {host} (pid {pid}), which left {self.lock}", flush=True)
                 self.lock.unlink(missing_ok=True)  # left by a launcher that was killed
                 continue
             with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
+                f.write(f"{socket.gethostname()} {os.getpid()}")
             return
 
     def release(self) -> None:
-        try:
-            if int(self.lock.read_text().strip() or 0) == os.getpid():
-                self.lock.unlink()
-        except (OSError, ValueError):
-            pass
+        if _lock_owner(self.lock) == (socket.gethostname(), os.getpid()):
+            self.lock.unlink(missing_ok=True)
 
     def run(self, name: str) -> dict:
         return self.data["runs"].setdefault(name, {"status": "pending", "attempts": []})
@@ -297,6 +296,14 @@ class SweepState:
     def save(self) -> None:
         self.data["updated"] = _now()
         fileio.write_json(self.path, self.data)
+
+
+def _lock_owner(lock: Path) -> tuple:
+    try:
+        host, pid = lock.read_text().split()
+        return host, int(pid)
+    except (OSError, ValueError):
+        return None, 0
 
 
 def _alive(pid: int) -> bool:
@@ -412,7 +419,8 @@ def run_sweep(path, parallel: int | None = None, nproc: int | None = None, overr
                                                             "status": st["status"]})
                 st.update(status="pending", run_dir=None)
                 st.pop("error", None)
-            st.update(variant=e["variant"], seed=e["seed"], key=e["key"], plan=str(plan_file.relative_to(folder)))
+            st.update(variant=e["variant"], seed=e["seed"], key=e["key"], data=e["data"],
+                      plan=str(plan_file.relative_to(folder)))
             done = st["status"] == "done" and st.get("run_dir") and (Path(st["run_dir"]) / "summary.json").exists()
             if done:
                 print(f"[sweep] {e['run']}: finished before with the same parameters, skipped ({st['run_dir']})",
@@ -442,7 +450,8 @@ def run_sweep(path, parallel: int | None = None, nproc: int | None = None, overr
 def _schedule(todo, slots, state, folder, sw, torchrun_args, echo, children, stop):
     free = list(range(len(slots)))
     running: dict[int, _Child] = {}
-    ready_data: set = set()  # data signatures whose tokenizer and shards exist
+    # data signatures whose tokenizer and shards exist (a finished run built or reused them)
+    ready_data = {r.get("data") for r in state.data["runs"].values() if r.get("status") == "done"}
     n_cpu = os.cpu_count() or 1
     while (todo or running) and stop["signal"] is None:
         # start what fits
