@@ -17,6 +17,7 @@ A sweep file (a YAML file with `variants:`):
     nproc: 1                          # optional: processes per run (default: the set's nproc; --nproc)
     parallel: 1                       # optional: runs at once (--parallel)
     compare: {metric: val_bpb}        # optional: parameters for 06_compare
+    tracker: wandb                    # optional, off by default: also log finished runs to wandb or trackio
 
 A variant's parameters go to every chapter that declares the name (as `-p` does); `a.b` sets
 key `b` inside the dict parameter `a` (e.g. model_options). The seed goes to the training chapter
@@ -139,14 +140,19 @@ def load_sweep(path) -> dict:
             hint = difflib.get_close_matches(k, sorted(declared06), n=1)
             raise SweepError(f"{path}: compare.{k}: 06_compare has no such parameter"
                              + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-    tracker = raw.get("tracker")
-    if tracker not in (None, "", "none"):
-        raise SweepError(f"{path}: tracker {tracker!r}: logging to W&B / trackio is not available yet; remove it")
+    from . import tracker as tracking
+
+    try:
+        tracker = tracking.parse(raw.get("tracker"))
+        if tracker:
+            tracking.module(tracker["kind"])  # a missing package is said now, before any run
+    except tracking.TrackerError as e:
+        raise SweepError(f"{path}: {e}") from None
     return {"name": name, "parameter_set": str(pset), "parameters": dict(raw.get("parameters") or {}),
             "variants": out, "seeds": seeds, "baseline": baseline,
             "nproc": int(raw["nproc"]) if raw.get("nproc") else None,
             "parallel": int(raw.get("parallel") or 1), "compare": compare, "source": str(path), "text": text,
-            "description": raw.get("description")}
+            "description": raw.get("description"), "tracker": tracker}
 
 
 def run_name(sweep: dict, variant: str, seed: int) -> str:
@@ -497,6 +503,8 @@ def _schedule(todo, slots, state, folder, sw, torchrun_args, echo, children, sto
                 st["status"] = "done"
                 st.pop("error", None)
                 print(f"[sweep] {c.entry['run']}: done ({st.get('run_dir')})", flush=True)
+                if sw.get("tracker") and c.run_dir is not None:
+                    st["tracker"] = _track(sw, c.entry, c.run_dir)
             else:
                 st["status"] = "failed"
                 st["error"] = _failure_text(c.tail)
@@ -516,6 +524,21 @@ def _schedule(todo, slots, state, folder, sw, torchrun_args, echo, children, sto
         st["status"] = "interrupted"
         st["attempts"][-1].update(ended=_now(), returncode=c.proc.returncode)
     state.save()
+
+
+def _track(sw: dict, entry: dict, run_dir: Path) -> str:
+    """Send a finished run to W&B / trackio; a tracker failure is reported, never fails the run."""
+    from . import tracker as tracking
+
+    kind = sw["tracker"]["kind"]
+    try:
+        n = tracking.log_run(run_dir, kind, sw["tracker"].get("project") or f"nbcore-{sw['name']}",
+                             group=f"{sw['name']}-{entry['variant']}")
+    except Exception as e:  # the tracker's network or account: the run itself is fine
+        print(f"[sweep] {entry['run']}: {kind} logging failed ({type(e).__name__}: {e}); the run folder is the record",
+              flush=True)
+        return f"failed: {type(e).__name__}: {e}"
+    return f"logged {n} rows to {kind}"
 
 
 def _has_data(run_dir: Path, plan: dict) -> bool:

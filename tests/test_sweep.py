@@ -244,3 +244,30 @@ def test_sweep_kill_restart_skips_finished_reports_failure_and_compares(tmp_path
     measured = json.loads((b / "summary.json").read_text())["final"]["wall_seconds"]
     assert predicted["time_from"].startswith("measured") and predicted["tokens"] == 40 * 4 * 64
     assert predicted["train_seconds"] == pytest.approx(measured, rel=0.25), (predicted["train_seconds"], measured)
+
+
+# ---------------------------------------------------------------- optional trackers (fast)
+def test_tracker_is_optional_and_logs_every_metrics_row(tmp_path, monkeypatch):
+    import types
+
+    from nbcore import runs, tracker
+
+    run = tmp_path / "20260101_000000_tsw-base_seed0"
+    log = runs.MetricsLog(run)
+    log.add(step=0, tokens=0, val_loss=5.0, elapsed_s=0.0)
+    log.add(step=1, tokens=256, train_loss=4.5, lr=0.01, elapsed_s=0.5)
+    (run / "summary.json").write_text(json.dumps({"parameters": {"seed": 0}, "final": {"val_loss": 4.0}}))
+    calls = []
+    fake = types.SimpleNamespace(init=lambda **kw: calls.append(("init", kw)) or types.SimpleNamespace(summary={}),
+                                 log=lambda values, step=None: calls.append(("log", step, values)),
+                                 finish=lambda: calls.append(("finish",)))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    assert tracker.log_run(run, "wandb", "proj", group="tsw-base") == 2
+    assert calls[0] == ("init", {"project": "proj", "name": run.name, "group": "tsw-base",
+                                 "config": {"seed": 0, "num_params": None, "world_size": None, "run_dir": str(run)}})
+    assert calls[1] == ("log", 0, {"tokens": 0, "val_loss": 5.0, "elapsed_s": 0.0}) and calls[-1] == ("finish",)
+    monkeypatch.setitem(sys.modules, "trackio", None)  # not installed: a clear message before any run
+    with pytest.raises(sweep.SweepError, match="trackio package is not installed: pip install trackio"):
+        sweep.load_sweep(_sweep_file(tmp_path, tracker="trackio"))
+    with pytest.raises(sweep.SweepError, match="use 'wandb' or 'trackio'"):
+        sweep.load_sweep(_sweep_file(tmp_path, tracker="tensorboard"))
