@@ -436,7 +436,10 @@ def run_sweep(path, parallel: int | None = None, nproc: int | None = None, overr
         for name in set(state.data["runs"]) - {e["run"] for e in entries}:
             state.data["runs"][name]["status"] = "not in the sweep any more"
         state.save()
-        slots = device_slices(int(parallel or sw["parallel"] or 1), int(sw["nproc"] or entries[0]["plan"]["nproc"]))
+        want = int(parallel or sw["parallel"] or 1)
+        if torchrun_args and want > 1:
+            raise SweepError("a multi-node sweep (--nnodes) runs one run at a time on all nodes: drop --parallel")
+        slots = device_slices(want, int(sw["nproc"] or entries[0]["plan"]["nproc"]))
         print(f"[sweep] {sw['name']}: {len(entries)} run(s) ({len(sw['variants'])} variant(s) x {len(sw['seeds'])} "
               f"seed(s)), {len(todo)} to run, {len(slots)} at a time; state: {state.path}", flush=True)
         _schedule(todo, slots, state, folder, sw, torchrun_args, echo and len(slots) == 1, children, stop)
