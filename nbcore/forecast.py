@@ -29,6 +29,7 @@ from . import fileio, launch, notebooks, runs
 TABLE = Path(__file__).with_name("throughput.json")
 DEFAULT_MFU = 0.35
 COMPILE_SECONDS = 180.0   # CUDA, compile=True: the speedrun set's ~3 min of compilation (an allowance, not measured)
+WHOLE_VAL_TOKENS = 10 * 2**20  # val_tokens=0 validates on the whole val split: its size is not known before 02
 MEMORY_FRACTION = 0.85    # runs.auto_batch_size's default: what fits leaves 15% for the allocator and kernels
 
 # Peak dense (no sparsity) tensor FLOP/s in bf16 (fp16 where the card has no bf16), and memory, from vendor
@@ -285,15 +286,19 @@ def forecast_run(plan: dict, card_key: str, gpus: int, price: float = 0.0, mfu: 
                             f"record a run there (python -m nbcore.forecast record RUN)")
     out["flops_per_s_per_device"] = rate
     tokens_per_s = rate * world / fpt
-    steps, secs = int(p["num_steps"] or 0), float(p["max_seconds"] or 0.0)
-    by_time = math.floor(secs * tokens_per_s / tokens_per_step) if secs else None
-    steps = min(s for s in (steps or None, by_time) if s is not None) if (steps or by_time is not None) else 0
-    out["stops_by"] = "max_seconds" if by_time is not None and steps == by_time and by_time != p["num_steps"] else "num_steps"
+    # the loop checks before each step: it stops at num_steps, or at the first step that ends past max_seconds
+    n_steps, secs = int(p["num_steps"] or 0), float(p["max_seconds"] or 0.0)
+    by_time = max(1, math.ceil(secs * tokens_per_s / tokens_per_step)) if secs else None
+    if n_steps and (by_time is None or n_steps <= by_time):
+        steps, out["stops_by"] = n_steps, "num_steps"
+    else:
+        steps, out["stops_by"] = by_time, "max_seconds"
     tokens = steps * tokens_per_step
     out.update(steps=steps, tokens=tokens, tokens_per_step=tokens_per_step, train_flops=tokens * fpt)
-    out["train_seconds"] = secs if out["stops_by"] == "max_seconds" else tokens / tokens_per_s
+    out["train_seconds"] = tokens / tokens_per_s
     n_val = 2 + (steps // int(p["val_interval"]) if p["val_interval"] else 0)
-    val_tokens = int(p["val_tokens"]) or 10 * 2**20
+    val_tokens = int(p["val_tokens"]) or WHOLE_VAL_TOKENS
+    out["val_tokens"], out["val_evals"] = val_tokens, n_val
     out["val_seconds"] = n_val * val_tokens * fpt / 3 / (rate * world)
     out["compile_seconds"] = COMPILE_SECONDS if kind == "cuda" and p.get("compile") else 0.0
     out["seconds"] = out["train_seconds"] + out["val_seconds"] + out["compile_seconds"]
@@ -366,7 +371,10 @@ def format_forecast(f: dict) -> str:
     lines.append(f"per run: L={r0['L']} H={r0['H']} D={r0['D']} T={r0['T']} V={r0['vocab_size']} ({r0['vocab_from']}); "
                  f"{r0['flops_per_token']:,} training FLOPs per token; B per GPU {r0['batch_from']}; "
                  f"stops by {r0['stops_by']} after {r0['steps']:,} steps of {r0['tokens_per_step']:,} tokens")
-    lines.append(f"time = training {_dur(r0['train_seconds'])} + validation {_dur(r0['val_seconds'])} + compile "
+    lines.append(f"time = training {_dur(r0['train_seconds'])} + validation {_dur(r0['val_seconds'])} "
+                 f"({r0['val_evals']:,} x {r0['val_tokens']:,} tokens"
+                 + (", val_tokens=0: the whole split, assumed" if r0["val_tokens"] == WHOLE_VAL_TOKENS else "")
+                 + ") + compile "
                  f"{_dur(r0['compile_seconds'])} per run; not counted: tokenizer/shards (built once, reused), "
                  f"05_eval, machine start-up")
     bad = [r["run"] for r in runs_ if not r["fits"]]

@@ -114,6 +114,8 @@ def test_forecast_arithmetic_memory_and_cards(tmp_path):
     assert not forecast.forecast_run(plan, "T4", 8, rows=[])["fits"]  # B=24 at T=2048 is far over 16 GB
     auto = forecast.forecast_run(launch.load_plan(REPO / "papermill_params" / "xs_1x8gb.yaml"), "L4", 1, rows=[])
     assert auto["batch_from"] == "auto" and auto["fits"] and auto["batch_size"] >= 1
+    step_s = auto["tokens_per_step"] * auto["flops_per_token"] / (121e12 * 0.35)  # a time budget: 3 h, to one step
+    assert auto["stops_by"] == "max_seconds" and 10800 <= auto["train_seconds"] < 10800 + step_s
     # a measured row wins over peak x MFU, and the output says so
     row = {"card": "H100-SXM", "commit": "abc1234", "date": "2026-12-01", "flops_per_s_per_device": 400e12,
            "num_params": r["num_params"], "source": "gpucheck"}
