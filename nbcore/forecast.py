@@ -283,7 +283,8 @@ def forecast_run(plan: dict, card_key: str, gpus: int, price: float = 0.0, mfu: 
                             f"(no measured throughput for {card_key} in {table_path().name})")
     else:
         raise ForecastError(f"no measured throughput for {card_key} in {table_path()} and no peak FLOPs to assume: "
-                            f"record a run there (python -m nbcore.forecast record RUN)")
+                            f"pass --gpu CARD for the card you will rent (python -m nbcore.forecast show lists them), "
+                            f"or record a finished run made here (python -m nbcore.forecast record RUN)")
     out["flops_per_s_per_device"] = rate
     tokens_per_s = rate * world / fpt
     # the loop checks before each step: it stops at num_steps, or at the first step that ends past max_seconds

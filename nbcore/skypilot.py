@@ -104,7 +104,8 @@ def task(name: str, launch_args: list[str], card_key: str, gpus: int, bucket=Non
     resources = {"accelerators": f"{accelerator(card_key)}:{int(gpus)}", "disk_size": 256}
     if spot:
         resources["use_spot"] = True
-    resources["job_recovery"] = {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": 1}
+    # managed jobs: a preempted job is relaunched (another region if need be); a failing one is not retried
+    resources["job_recovery"] = {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": 0}
     t = {"name": name, "workdir": str(workdir or paths.REPO_ROOT), "resources": resources}
     if nodes > 1:
         t["num_nodes"] = int(nodes)

@@ -245,6 +245,7 @@ def test_sweep_kill_restart_skips_finished_reports_failure_and_compares(tmp_path
     predicted = forecast.forecast_run(plan, "CPU", 1, rows=rows)
     measured = json.loads((b / "summary.json").read_text())["final"]["wall_seconds"]
     assert predicted["time_from"].startswith("measured") and predicted["tokens"] == 40 * 4 * 64
+    print(f"forecast {predicted['train_seconds']:.2f} s, measured {measured:.2f} s")
     assert predicted["train_seconds"] == pytest.approx(measured, rel=0.25), (predicted["train_seconds"], measured)
 
 
