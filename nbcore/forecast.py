@@ -236,7 +236,7 @@ def model_of(p: dict, V: int):
 
 
 def forecast_run(plan: dict, card_key: str, gpus: int, price: float = 0.0, mfu: float | None = None,
-                 rows=None, memory_gb: float | None = None) -> dict:
+                 rows=None, memory_gb: float | None = None, nodes: int = 1) -> dict:
     """Everything --plan prints for one run of `plan` on `gpus` x `card_key`."""
     ch = _training_chapter(plan)
     if ch is None:
@@ -267,7 +267,7 @@ def forecast_run(plan: dict, card_key: str, gpus: int, price: float = 0.0, mfu: 
     need = runs.estimate_memory(batch_size=B, **mem_kw)["total"]
     out.update(batch_size=B, memory_bytes=need, memory_budget_bytes=budget,
                fits=bool(need <= MEMORY_FRACTION * budget) if budget else None)
-    world = gpus
+    world = gpus * nodes  # data parallel over every GPU of every node (scaling assumed linear)
     tokens_per_step = world * int(p["grad_accum"]) * B * T
     # the rate: measured for this card, else peak x MFU
     row = measured_rate(card_key, n_params, rows)
@@ -303,13 +303,13 @@ def forecast_run(plan: dict, card_key: str, gpus: int, price: float = 0.0, mfu: 
     out["val_seconds"] = n_val * val_tokens * fpt / 3 / (rate * world)
     out["compile_seconds"] = COMPILE_SECONDS if kind == "cuda" and p.get("compile") else 0.0
     out["seconds"] = out["train_seconds"] + out["val_seconds"] + out["compile_seconds"]
-    nodes = 1
+    out["nodes"] = nodes
     out["dollars"] = out["seconds"] / 3600 * price * gpus * nodes
     return out
 
 
 def forecast(source, card_name: str, gpus: int | None = None, price: float = 0.0, mfu: float | None = None,
-             overrides: dict | None = None, nproc: int | None = None, rows=None) -> dict:
+             overrides: dict | None = None, nproc: int | None = None, rows=None, nodes: int = 1) -> dict:
     """The forecast for a parameter set or a sweep file: {'runs': [...], 'total': {...}, ...}."""
     from . import sweep
 
@@ -326,9 +326,9 @@ def forecast(source, card_name: str, gpus: int | None = None, price: float = 0.0
     out = []
     for plan in plans:
         n = int(gpus or nproc or plan.get("nproc") or 1)
-        out.append(forecast_run(plan, key, n, price, mfu, rows))
+        out.append(forecast_run(plan, key, n, price, mfu, rows, nodes=nodes))
     total = {k: sum(r[k] for r in out) for k in ("tokens", "train_flops", "seconds", "dollars")}
-    total["gpu_hours"] = sum(r["seconds"] * r["gpus"] for r in out) / 3600
+    total["gpu_hours"] = sum(r["seconds"] * r["gpus"] * r["nodes"] for r in out) / 3600
     return {"what": what, "card": key, "price": price, "runs": out, "total": total}
 
 
@@ -353,7 +353,9 @@ def format_forecast(f: dict) -> str:
     runs_ = f["runs"]
     gpus = sorted({r["gpus"] for r in runs_})
     mem = f"{spec['memory_gb']} GB" if spec["memory_gb"] else "RAM"
-    lines = [f"forecast: {f['what']} on {'/'.join(map(str, gpus))} x {f['card']} ({mem}"
+    nodes = runs_[0].get("nodes", 1)
+    lines = [f"forecast: {f['what']} on {f'{nodes} nodes x ' if nodes > 1 else ''}{'/'.join(map(str, gpus))} x "
+             f"{f['card']} ({mem}"
              + (f", {spec['note']}" if spec.get("note") else "") + f") at ${f['price']:.2f} per GPU-hour",
              f"time from: {runs_[0]['time_from']}"]
     head = f"{'run':34s} {'params':>7s} {'tokens':>7s} {'FLOPs':>8s} {'memory per GPU':>24s} {'time':>9s} {'$':>9s}"
@@ -392,7 +394,7 @@ def cli(a, overrides: dict) -> int:
         return 2
     gpu = a.gpu or _this_machine()
     try:
-        f = forecast(a.params, gpu, a.gpus, a.price or 0.0, a.mfu, overrides, a.nproc)
+        f = forecast(a.params, gpu, a.gpus, a.price or 0.0, a.mfu, overrides, a.nproc, nodes=int(a.nnodes or 1))
     except (ForecastError, ValueError, FileNotFoundError, KeyError) as e:
         print(f"--plan failed: {e}", file=sys.stderr)
         return 1
