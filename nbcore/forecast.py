@@ -249,7 +249,7 @@ def forecast_run(plan: dict, card_key: str, gpus: int, price: float = 0.0, mfu: 
     kind = spec["kind"]
     bf16 = kind == "cuda" and p.get("dtype") in ("auto", "bfloat16")
     mem_gb = memory_gb or spec["memory_gb"] or ((runs.total_ram_bytes() or 0) / 1e9)
-    budget = int(mem_gb * 1e9)  # datasheet GB as 10^9 bytes: at or below what the cards report (H100: 85.5e9)
+    budget = int(mem_gb * 1e9)  # datasheet GB as 10^9 bytes (conservative: "80 GB" cards report about 80 GiB)
     mem_kw = dict(num_params=n_params, num_layers=L, model_dim=D, vocab_size=V, seq_len=T,
                   dtype_bytes=2 if bf16 else 4, optimizer_bytes_per_param=4 if p["arch"] == "gpt" else 8,
                   num_heads=H)
