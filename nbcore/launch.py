@@ -417,6 +417,17 @@ def parse_args(argv=None):
     ap.add_argument("--rdzv-endpoint", default=None, help="torchrun --rdzv-endpoint host:port")
     ap.add_argument("--rdzv-id", default=None, help="torchrun --rdzv-id (same on every node)")
     ap.add_argument("--rank-worker", default=None, help=argparse.SUPPRESS)
+    # sweeps, the forecast and SkyPilot (nbcore.sweep, nbcore.forecast, nbcore.skypilot)
+    ap.add_argument("--parallel", type=int, default=None, help="sweeps: runs at once (each on its own GPUs)")
+    ap.add_argument("--plan", action="store_true", help="print the forecast (tokens, FLOPs, memory, time, $); run nothing")
+    ap.add_argument("--gpu", default=None, help="--plan/--emit: the card, e.g. H100, A100-80GB, RTX4090, T4, M2-Max, CPU")
+    ap.add_argument("--gpus", type=int, default=None, help="--plan/--emit: GPUs per run (default --nproc, else the set's)")
+    ap.add_argument("--price", type=float, default=None, help="--plan: dollars per GPU-hour")
+    ap.add_argument("--mfu", type=float, default=None, help="--plan: model FLOPs utilisation to assume without a measurement")
+    ap.add_argument("--emit", nargs=2, default=None, metavar=("KIND", "DIR"), help="write task files: skypilot DIR")
+    ap.add_argument("--bucket", default=None, help="--emit skypilot: store runs/ on this bucket (s3://..., gs://...)")
+    ap.add_argument("--volume", default=None, help="--emit skypilot: store runs/ on this SkyPilot volume")
+    ap.add_argument("--spot", action="store_true", help="--emit skypilot: spot instances (managed jobs recover)")
     return ap.parse_args(argv)
 
 
@@ -424,6 +435,9 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     if a.rank_worker:
         return rank_worker(a.rank_worker)
+    from . import sweep  # forecast (--plan), task files (--emit), or a sweep file (variants x seeds)
+    if a.plan or a.emit or (a.params and sweep.is_sweep_file(a.params)):
+        return sweep.cli(a)
     if a.params is None and a.resume is None:
         print("give a parameter set (papermill_params/*.yaml), or --resume RUN", file=sys.stderr)
         return 2
