@@ -144,3 +144,46 @@ def test_node_options_are_checked():
         nodes.connect(2, 2, "127.0.0.1:29400")
     with pytest.raises(nodes.NodeError, match="HOST:PORT"):
         nodes.connect(2, 0, "127.0.0.1")
+
+
+def _load_worker(rank, port, run, tok, out):
+    import torch.distributed as td
+
+    from nbcore import checkpoint, evaluate
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    td.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        if rank == 1:  # another node: the run folder holds no checkpoint here
+            def no_file(*a, **k):
+                raise AssertionError("rank 1 read a checkpoint file")
+            checkpoint.read = no_file
+            evaluate.resolve_checkpoint = no_file
+        loaded = evaluate.load_run(run, tokenizer=tok)
+        if rank == 1:
+            import torch
+
+            torch.save({"step": loaded.step, "ckpt": loaded.checkpoint.name,
+                        "weights": {k: v.clone() for k, v in loaded.model.state_dict().items()}}, out)
+    finally:
+        td.destroy_process_group()
+
+
+def test_eval_loads_the_checkpoint_on_rank0_and_broadcasts(tmp_path, tiny_data, runs_dir):  # noqa: F811
+    """05's load_run across nodes: rank 0 reads the run's checkpoint, the other ranks receive it."""
+    import torch
+    import torch.multiprocessing as mp
+
+    from nbcore import checkpoint
+    from nbcore.model import build_model
+
+    model = build_model("gpt", 301, 2, 2, 32, 64, device="cpu", seed=3)
+    run = runs_dir / "20260101_000000_x"
+    checkpoint.save(checkpoint.checkpoint_path(run, 5), model, [], step=5, extra={"model_config": model.config})
+    port = _free_port_pair()
+    mp.spawn(_load_worker, args=(port, str(run), str(tiny_data["tokenizer"]), tmp_path / "r1.pt"), nprocs=2,
+             join=True)
+    got = torch.load(tmp_path / "r1.pt", weights_only=True)
+    assert got["step"] == 5 and got["ckpt"] == "step_000005.pt"
+    for k, v in model.state_dict().items():
+        assert torch.equal(got["weights"][k], v), k
