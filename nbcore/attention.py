@@ -12,6 +12,7 @@ Documents: a token equal to `<|endoftext|>` starts a new document (the shards pu
 of each document), so document ids are the running count of end-of-text tokens.
 """
 import logging
+import os
 
 import torch
 import torch.nn.functional as F
@@ -104,24 +105,46 @@ def dense_mask(mask_mod, B: int, Tq: int, Tk: int, device=None, q_offset: int = 
 
 
 def block_mask(mask_mod, B: int | None, T: int, device) -> BlockMask:
-    """FlexAttention's block-sparse form of the rule for T queries over T keys."""
+    """FlexAttention's block-sparse form of the rule for T queries over T keys (compiled on CUDA)."""
     device = torch.device(device)
-    return create_block_mask(mask_mod, B, None, T, T, device=device, _compile=device.type == "cuda")
+    make = compiled("create_block_mask") if device.type == "cuda" else create_block_mask
+    return make(mask_mod, B, None, T, T, device=device)
 
 
 # ----------------------------------------------------------------------------------------------
 # Kernels
 
-_compiled_flex = None
+def compile_backend() -> str:
+    """The torch.compile backend: $NBCORE_COMPILE_BACKEND, else "inductor" (Triton kernels on CUDA).
+
+    "aot_eager" traces and runs the same graphs without generating kernels: the tests use it to
+    prove the compiled (CUDA) code path on a CPU in seconds."""
+    return os.environ.get("NBCORE_COMPILE_BACKEND", "") or "inductor"
 
 
-def flex(q, k, v, mask: BlockMask, compiled: bool, scale: float | None = None) -> torch.Tensor:
+_COMPILED = {}  # name -> the compiled function, made once per process
+
+
+def compiled(name: str):
+    """torch.compile(flex_attention) or torch.compile(create_block_mask), made once and reused.
+
+    Made on first use (wrapping costs seconds of imports, too much for every `import nbcore`),
+    never inside a compiled region: `flex` traces the plain function there, and GPT models with
+    compiled flex call this when they are built. So no compiled block ever guards on it.
+    """
+    if name not in _COMPILED:
+        fn = {"flex_attention": flex_attention, "create_block_mask": create_block_mask}[name]
+        # flex: one fused kernel per shape (dynamic=False); the model sends only its training T here
+        _COMPILED[name] = torch.compile(fn, dynamic=False if name == "flex_attention" else None,
+                                        backend=compile_backend())
+    return _COMPILED[name]
+
+
+def flex(q, k, v, mask: BlockMask, compiled_: bool, scale: float | None = None) -> torch.Tensor:
     """FlexAttention, compiled (fused kernel) or eager (slow reference path)."""
-    global _compiled_flex
-    if compiled:
-        if _compiled_flex is None:
-            _compiled_flex = torch.compile(flex_attention, dynamic=False)
-        return _compiled_flex(q, k, v, block_mask=mask, scale=scale)
+    if compiled_ and not torch.compiler.is_compiling():
+        return compiled("flex_attention")(q, k, v, block_mask=mask, scale=scale)
+    # eager, or inside a compiled block: Dynamo traces flex_attention into the block's own graph
     return flex_attention(q, k, v, block_mask=mask, scale=scale)
 
 
@@ -180,4 +203,4 @@ class KVCache:
 
 
 __all__ = ["rotary_frequencies", "Rotary", "document_ids", "mask_rule", "dense_mask", "block_mask",
-           "attend", "causal_mask_for", "KVCache"]
+           "compile_backend", "compiled", "attend", "causal_mask_for", "KVCache"]

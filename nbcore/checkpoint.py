@@ -133,15 +133,13 @@ def load(path, model, optimizers=(), loader=None, rank: int = 0, map_location="c
     """Restore a checkpoint into `model`, `optimizers`, `loader` and the RNGs; return its dict.
 
     A checkpoint saved by N ranks resumes only on N ranks (each rank's loader position is its own).
+    Distributed, rank 0 alone reads the file and broadcasts it: other nodes need no copy.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated or foreign file
-        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
-                         f"pick another one from {path.parent}") from e
+    if dist.is_distributed():
+        blob = _read_on_rank0(path, map_location)
+    else:
+        blob = _read_checked(path, map_location)
     if blob.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path} has format {blob.get('format')}, this nbcore reads {FORMAT}")
     world = dist.env_world()[2]
@@ -162,6 +160,32 @@ def load(path, model, optimizers=(), loader=None, rank: int = 0, map_location="c
         rng["numpy"] = _numpy_back(rng["numpy"])
         set_rng_state(rng)
     return blob
+
+
+def _read_checked(path: Path, map_location) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated or foreign file
+        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
+                         f"pick another one from {path.parent}") from e
+
+
+def _read_on_rank0(path: Path, map_location) -> dict:
+    """Rank 0 reads the checkpoint; every rank gets it (or rank 0's error, raised everywhere)."""
+    payload = None
+    if torch.distributed.get_rank() == 0:
+        try:
+            buf = io.BytesIO()
+            torch.save(_read_checked(path, "cpu"), buf)
+            payload = ("ok", buf.getvalue())
+        except (FileNotFoundError, ValueError) as e:
+            payload = (type(e).__name__, str(e))
+    kind, data = dist.broadcast_object(payload)
+    if kind != "ok":
+        raise (FileNotFoundError if kind == "FileNotFoundError" else ValueError)(data)
+    return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
 
 
 def read(path, map_location="cpu") -> dict:

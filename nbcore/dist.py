@@ -156,6 +156,23 @@ def all_reduce(values, op: str = "mean", device="cpu") -> list[float]:
     return t.tolist()
 
 
+def agree(values, ops, device="cpu") -> list[float]:
+    """Reduce a few floats over ranks, each with its own op ('mean', 'sum', 'max', 'min'), in one
+    collective and one host read (an all_gather of a (k,) tensor, reduced on the host). Alone:
+    the values as they are, with no tensor made."""
+    values = [float(v) for v in values]
+    if len(ops) != len(values) or any(op not in ("mean", "sum", "max", "min") for op in ops):
+        raise ValueError(f"need one of 'mean', 'sum', 'max', 'min' per value, got {ops!r}")
+    if not is_distributed():
+        return values
+    mine = torch.tensor(values, dtype=torch.float64, device=device)
+    parts = [torch.empty_like(mine) for _ in range(torch_dist.get_world_size())]
+    torch_dist.all_gather(parts, mine)
+    columns = list(zip(*torch.stack(parts).tolist()))  # one tuple per value, one entry per rank
+    reduce = {"mean": lambda c: sum(c) / len(c), "sum": sum, "max": max, "min": min}
+    return [reduce[op](c) for op, c in zip(ops, columns)]
+
+
 def broadcast_object(obj, src: int = 0):
     """Rank `src`'s Python object on every rank (e.g. the run folder rank 0 made)."""
     if not is_distributed():
@@ -180,4 +197,4 @@ def any_rank(flag: bool, device="cpu") -> bool:
 
 
 __all__ = ["DistInfo", "pick_device", "env_world", "setup", "is_distributed", "cleanup", "barrier",
-           "all_reduce_grads", "all_reduce", "broadcast_object", "gather_objects", "any_rank"]
+           "all_reduce_grads", "all_reduce", "agree", "broadcast_object", "gather_objects", "any_rank"]

@@ -113,8 +113,7 @@ def load_run(run_or_checkpoint, device="cpu", tokenizer=None, data_dir=None, com
     from . import model as model_lib
     from . import shards
 
-    run_dir, ckpt = resolve_checkpoint(run_or_checkpoint)
-    blob = checkpoint.read(ckpt, map_location="cpu")
+    run_dir, ckpt, blob, ref = _read_run(run_or_checkpoint)
     extra = blob.get("extra") or {}
     cfg = extra.get("model_config")
     if not cfg:
@@ -127,7 +126,6 @@ def load_run(run_or_checkpoint, device="cpu", tokenizer=None, data_dir=None, com
     net = model_lib.build_model(**cfg, device=device, compile=compile)
     checkpoint.unwrap(net).load_state_dict(blob["model"])
     net.eval()
-    ref = fileio.read_json(run_dir / "tokenizer.json") if (run_dir / "tokenizer.json").exists() else {}
     parameters = dict(extra.get("parameters") or {})
     data_dir = data_dir or ref.get("data_dir") or parameters.get("data_dir") or None
     tok_ref = tokenizer or ref.get("tokenizer_dir") or parameters.get("tokenizer") or None
@@ -142,6 +140,34 @@ def load_run(run_or_checkpoint, device="cpu", tokenizer=None, data_dir=None, com
                          f"embedding rows: pass the tokenizer this run was trained with")
     return LoadedRun(model=net, tokenizer=tok, run_dir=Path(run_dir), checkpoint=Path(ckpt), step=int(blob["step"]),
                      data_dir=str(data_dir) if data_dir else None, parameters=parameters)
+
+
+def _read_run(run_or_checkpoint):
+    """(run folder, checkpoint, its dict, the run's tokenizer.json or {}). Distributed, rank 0 reads
+    them and broadcasts (other nodes may hold no copy of the run); its error is raised everywhere."""
+    def read():
+        run_dir, ckpt = resolve_checkpoint(run_or_checkpoint)
+        ref = fileio.read_json(run_dir / "tokenizer.json") if (run_dir / "tokenizer.json").exists() else {}
+        return run_dir, ckpt, checkpoint.read(ckpt, map_location="cpu"), ref
+
+    if not dist.is_distributed():
+        return read()
+    import io
+
+    payload = None
+    if torch.distributed.get_rank() == 0:
+        try:
+            run_dir, ckpt, blob, ref = read()
+            buf = io.BytesIO()
+            torch.save(blob, buf)
+            payload = ("ok", (str(run_dir), str(ckpt), buf.getvalue(), ref))
+        except (FileNotFoundError, ValueError) as e:
+            payload = (type(e).__name__, str(e))
+    kind, data = dist.broadcast_object(payload)
+    if kind != "ok":
+        raise (FileNotFoundError if kind == "FileNotFoundError" else ValueError)(data)
+    run_dir, ckpt, raw, ref = data
+    return Path(run_dir), Path(ckpt), torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True), ref
 
 
 # ---------------------------------------------------------------- val loss and bits per byte

@@ -56,7 +56,7 @@ from pathlib import Path
 
 import yaml
 
-from . import fileio, notebooks, paths, progress, runs
+from . import fileio, nodes as nodes_lib, notebooks, paths, progress, runs
 from .params import ParameterError
 
 DISTRIBUTED_CHAPTERS = ("04", "05")   # run under torchrun (every rank executes the notebook)
@@ -274,16 +274,23 @@ def _copy(src: Path, dst: Path):
 
 
 def run_plan(plan: dict, nproc: int | None = None, resume=None, torchrun_args=(), log_output=False,
-             only=None, dry_run=False, quiet=False) -> Path:
-    """Run every chapter of `plan` in order; returns the run folder."""
+             only=None, dry_run=False, nodes=None, quiet=False) -> Path:
+    """Run every chapter of `plan` in order; returns the run folder.
+
+    nodes: a `nbcore.nodes.Nodes` in a multi-node launch (node 0 owns the run folder and the
+    products of 01/02; the other nodes take them from it)."""
     nproc = int(nproc or plan.get("nproc") or 1)
     for ch in plan["chapters"]:  # every chapter's names and ${vars} are checked before anything runs
         notebooks.check_names(substitute(ch["parameters"], plan["vars"]), notebooks.declared_parameters(ch["notebook"]))
     if resume:
-        run_dir = runs.open_run(resume)
+        run_dir = runs.open_run(resume) if not nodes else nodes.run_folder(lambda: runs.open_run(resume))
+    elif nodes and not dry_run:
+        run_dir = nodes.run_folder(lambda: runs.new_run_dir(_slug(plan["name"])))
     else:
         run_dir = None if dry_run else runs.new_run_dir(_slug(plan["name"]))
     record_path = (run_dir / "launch.json") if run_dir else None
+    if nodes and not nodes.is_owner and run_dir:  # node 0 keeps the record; this node notes its own part
+        record_path = run_dir / "logs" / f"launch.node{nodes.node_rank}.json"
     record = fileio.read_json(record_path) if resume and record_path.exists() else {}
     record.setdefault("launches", [])
     this = {"source": plan.get("source"), "vars": plan["vars"], "nproc": nproc, "resume": bool(resume),
@@ -302,8 +309,8 @@ def run_plan(plan: dict, nproc: int | None = None, resume=None, torchrun_args=()
             params["name"] = plan["name"]
         if cid in ("04", "05"):
             for name, kind in (("data_dir", "shards"), ("tokenizer", "tokenizer")):
-                if name in declared and kind in made and not params.get(name):
-                    params[name] = str(made[kind])
+                if name in declared and kind in made and (not params.get(name) or nodes and not nodes.is_owner):
+                    params[name] = str(made[kind])  # another node: its own copy, not node 0's path
             if "run_dir" in declared and run_dir is not None:
                 params["run_dir"] = str(run_dir)
             if cid == "04" and resume and "resume" in declared:
@@ -325,7 +332,11 @@ def run_plan(plan: dict, nproc: int | None = None, resume=None, torchrun_args=()
             folder = Path(params["out_dir"]) if params.get("out_dir") else PRODUCERS[cid]() / f"{label}-{key}"
             kind = "tokenizer" if cid == "01" else "shards"
             marker = folder / DONE_MARKER
-            if marker.exists() and fileio.read_json(marker).get("key") == key:
+            if nodes and not nodes.is_owner:  # node 0 makes it; this node finds or receives it
+                folder, how = nodes.product(cid, DONE_MARKER, f"the {kind} of {nb.stem}")
+                entry["status"] = f"{how} from node 0: {folder}"
+                print(f"[launch] {nb.stem}: {how} node 0's {kind} ({folder})", flush=True)
+            elif marker.exists() and fileio.read_json(marker).get("key") == key:
                 entry["status"] = f"reused {folder}"
                 print(f"[launch] {nb.stem}: reusing {folder} (same parameters, key {key})", flush=True)
             elif only and cid not in only:
@@ -340,7 +351,10 @@ def run_plan(plan: dict, nproc: int | None = None, resume=None, torchrun_args=()
                                            "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
                 entry["status"] = "ran"
             made[kind] = folder
-            _copy(folder / nb.name, run_dir / nb.name)
+            if nodes and nodes.is_owner:
+                nodes.publish_product(cid, folder, key)
+            if not nodes or nodes.is_owner:
+                _copy(folder / nb.name, run_dir / nb.name)
         else:
             n = int(ch.get("nproc", nproc)) if cid in DISTRIBUTED_CHAPTERS else 1
             out = run_dir / nb.name
@@ -349,6 +363,8 @@ def run_plan(plan: dict, nproc: int | None = None, resume=None, torchrun_args=()
                 while (run_dir / f"{nb.stem}.resume{k}.ipynb").exists():
                     k += 1
                 out = run_dir / f"{nb.stem}.resume{k}.ipynb"
+            if nodes:  # node 0 names the executed copy (the other nodes' folders may lack the earlier ones)
+                out = run_dir / nodes.same(f"output/{len(this['chapters'])}", out.name)
             print(f"[launch] {nb.stem} on {n} process(es) -> {out}", flush=True)
             printer = (progress.start_for_chapter(run_dir, {**declared, **params}, n * _num_nodes(torchrun_args), quiet)
                        if cid == "04" else None)  # live progress lines from metrics.csv (--quiet: none)
@@ -376,6 +392,8 @@ def run_plan(plan: dict, nproc: int | None = None, resume=None, torchrun_args=()
             fileio.write_json(record_path, record)
     if dry_run:
         print(json.dumps(this, indent=2, default=str))
+    if nodes:
+        nodes.finish()
     return run_dir
 
 
@@ -441,14 +459,20 @@ def main(argv=None) -> int:
     if a.params is None and a.resume is None:
         print("give a parameter set (papermill_params/*.yaml), or --resume RUN", file=sys.stderr)
         return 2
+    coord = None
     try:
-        if a.params is None:  # resume with the parameters the run was launched with
+        coord = nodes_lib.connect(a.nnodes, a.node_rank, a.rdzv_endpoint, a.rdzv_id) if not a.dry_run else None
+        if a.params is None and coord and not coord.is_owner:
+            plan = None  # node 0 reads launch.json and sends its plan (below)
+        elif a.params is None:  # resume with the parameters the run was launched with
             plan = recorded_plan(a.resume)
         else:
             plan = load_plan(a.params)
         overrides = {}
         for name, value in a.parameter:
             overrides[name] = parse_value(value)
+        if coord:
+            plan = coord.plan(plan)
         plan = apply_overrides(plan, overrides)
         trargs = []
         if a.nnodes:
@@ -461,8 +485,10 @@ def main(argv=None) -> int:
                 trargs += [f"--rdzv-id={a.rdzv_id}"]
         only = set(a.only.split(",")) if a.only else None
         run_dir = run_plan(plan, nproc=a.nproc, resume=a.resume, torchrun_args=trargs, log_output=a.log_output,
-                           only=only, dry_run=a.dry_run, quiet=a.quiet)
-    except (LaunchError, ParameterError, FileNotFoundError, FileExistsError, ValueError) as e:
+                           only=only, dry_run=a.dry_run, nodes=coord, quiet=a.quiet)
+    except (LaunchError, ParameterError, FileNotFoundError, FileExistsError, ValueError, nodes_lib.NodeError) as e:
+        if coord:
+            coord.fail(str(e))
         print(f"launch failed: {e}", file=sys.stderr)
         return 1
     if run_dir is not None:

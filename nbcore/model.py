@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import (KVCache, Rotary, attend, block_mask, causal_mask_for, dense_mask, document_ids,
-                        mask_rule, rotary_frequencies)
+from .attention import (KVCache, Rotary, attend, block_mask, causal_mask_for, compile_backend, compiled,
+                        dense_mask, document_ids, mask_rule, rotary_frequencies)
 
 log = logging.getLogger("nbcore.model")
 
@@ -383,13 +383,26 @@ class LanguageModel(nn.Module):
 
     def compile_blocks(self):
         """torch.compile each block in place (parameter names unchanged); guarded by device.
-        Generation (KV cache) runs the blocks eagerly: a growing cache would recompile each token."""
+        Generation (KV cache) runs the blocks eagerly: a growing cache would recompile each token.
+
+        All blocks share one Dynamo cache (one code object). Its entries: each kind of block
+        (e.g. with and without a value embedding) x grad / no-grad (training, validation), and
+        one more each for a new shape (made dynamic). The limit is raised to fit them with room
+        (a block past the limit would silently run eagerly). Backend: `compile_backend()`.
+        """
         if self.device_type() == "mps":
             log.warning("nbcore.model: torch.compile is not used on mps; running eagerly")
             self.config["compile"] = False
             return
+        needed = 2 * 2 * self.block_kinds() + 4
+        import torch._dynamo.config as dynamo_config
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, needed)
         for block in self.blocks:
-            block.compile()  # static shapes first; a new shape (eval) recompiles once as dynamic
+            block.compile(backend=compile_backend())
+
+    def block_kinds(self) -> int:
+        """How many differently-shaped calls the blocks get (one Dynamo graph each)."""
+        return 1
 
     def extra_repr(self) -> str:
         return f"arch={self.config['arch']!r}, params={self.num_params():,}"
@@ -655,6 +668,10 @@ class GPT(LanguageModel):
         self.embed = nn.Embedding(V, D)
         self.value_embeds = nn.ModuleList(nn.Embedding(V, H * Dh) for _ in range(cfg["value_embeds"]))
         flex_compiled = cfg["attn_backend"] == "flex" and (cfg["compile"] or torch.device(cfg["device"]).type == "cuda")
+        if flex_compiled:
+            compiled("flex_attention")  # made now, outside any compiled region (no guard on it later)
+        self.flex_compiled = flex_compiled
+        self._window_tensors = {}  # (window, device) -> 0-d tensor, made once per window (no copy per forward)
         self.blocks = nn.ModuleList(GPTBlock(cfg, i, self.ve_layers[i] is not None, flex_compiled) for i in range(L))
         self.num_skips = L // 2 if cfg["unet_skips"] else 0
         self.skip_weights = nn.Parameter(torch.ones(self.num_skips)) if self.num_skips else None
@@ -698,6 +715,27 @@ class GPT(LanguageModel):
         short = max(1, round(long * self.config["window_short"] / self.config["window_long"]))
         return long, short
 
+    def block_kinds(self):
+        return len({v is None for v in self.ve_layers})  # with and without a value embedding
+
+    def window_tensor(self, w, device):
+        """The window as a 0-d tensor on `device` (compiled masks read it, so a growing window
+        recompiles nothing); made once per value, not copied from the host at every forward."""
+        if w is None:
+            return None
+        key = (int(w), str(device))
+        if key not in self._window_tensors:
+            self._window_tensors[key] = torch.tensor(int(w), device=device)
+        return self._window_tensors[key]
+
+    def compiled_shape(self, idx, cache=None) -> bool:
+        """True when idx (B, T) runs the compiled path: blocks (compile=True) and fused FlexAttention.
+
+        Compiled kernels are made for the training length T = seq_len. Other lengths (05's
+        scoring, exported models) run the blocks eagerly with SDPA and dense masks: the same
+        rule, no compile per length, no unfused fallback materialising every score."""
+        return cache is None and idx.size(1) == self.seq_len
+
     def attention_contexts(self, seq_len, window=None):
         long, short = self.windows(window)
         off = self.config["attn_off_layers"]
@@ -722,8 +760,8 @@ class GPT(LanguageModel):
             if docs is not None and self.config["attn_backend"] != "flex" and idx.device.type != "cuda" \
                     and not bool((idx[:, 1:] == eot).any()):
                 docs = None  # no row crosses a document boundary: plain causal masking (SDPA's causal kernel)
-            if self.config["attn_backend"] == "flex":
-                make = lambda w: block_mask(mask_rule(docs, None if w is None else torch.tensor(w, device=idx.device)),
+            if self.config["attn_backend"] == "flex" and (self.compiled_shape(idx) or not self.flex_compiled):
+                make = lambda w: block_mask(mask_rule(docs, self.window_tensor(w, idx.device)),
                                             B if docs is not None else None, T, idx.device)
             elif docs is None and all(w is None or w >= T for w in (long, short)):
                 make = lambda w: "causal"  # nothing beyond causality: SDPA's causal kernel
@@ -736,8 +774,10 @@ class GPT(LanguageModel):
         """idx (B, T) -> final normalised hidden states (B, T, D)."""
         masks = self.layer_masks(idx, window, cache)
         e = F.embedding(idx, self.head.weight) if self.tied_now else self.embed(idx)  # tie_until: the head's rows, for now
-        x = x0 = norm(e)  # (B, T, D)
+        x0 = norm(e)  # (B, T, D)
+        x = x0.view_as(x0)  # the same values; a distinct tensor, so a compiled block guards on no alias
         ve = [emb(idx) for emb in self.value_embeds]  # each (B, T, H·Dh)
+        eager = not self.compiled_shape(idx, cache)  # other lengths, decoding: no compile per shape
         skips = []
         L = self.num_layers
         for i, block in enumerate(self.blocks):
@@ -745,7 +785,7 @@ class GPT(LanguageModel):
                 j = L - 1 - i
                 x = x + self.skip_weights[j] * skips[j]
             v = ve[self.ve_layers[i]] if self.ve_layers[i] is not None else None
-            x = (block if cache is None else block.forward)(x, x0, v, masks[i], cache)
+            x = (block.forward if eager else block)(x, x0, v, masks[i], cache)
             if i < self.num_skips:
                 skips.append(x)
         return norm(x)
