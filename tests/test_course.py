@@ -121,3 +121,28 @@ def test_show_environment(capsys):
     out = capsys.readouterr().out
     assert f"torch {env['torch']}" in out and "device: cpu" in out and f"Python {env['python']}" in out
     assert json.dumps(env)  # plain values
+
+
+def test_each_prompt_draws_its_own_random_numbers():
+    """Two prompts with the same text but different ids sample differently (one seed for all made them equal)."""
+    from nbcore import evaluate
+    from tests.test_evaluate import tiny_model
+
+    tok = make_tokenizer()
+    model = tiny_model("gpt", tok.n_vocab, eot_id=tok.eot_id)
+    prompts = [{"id": "a", "prompt": "The cat"}, {"id": "b", "prompt": "The cat"}]
+    out = evaluate.generate_samples(model, tok, prompts, max_new_tokens=12, temperature=1.0, top_k=0, seed=7)
+    assert out[0]["output"] != out[1]["output"]
+    assert evaluate.prompt_seed(7, "a") == evaluate.prompt_seed(7, "a") != evaluate.prompt_seed(7, "b")
+    # the seed stays reproducible: one prompt alone gives the same output
+    assert evaluate.generate_samples(model, tok, prompts[1:], max_new_tokens=12, temperature=1.0, top_k=0,
+                                     seed=7)[0] == out[1]
+
+
+def test_a_skipped_benchmark_reads_as_one_line():
+    from nbcore import evaluate
+
+    reason = "DatasetUnavailable: hellaswag: could not download https://example.org/x.jsonl: <urlopen error [Errno -3]>"
+    table = evaluate.benchmarks_table({"hellaswag": {"skipped": reason}})
+    assert "http" not in table and "urlopen" not in table
+    assert "no data: it could not be downloaded (offline?)" in table and "benchmark_files={'hellaswag': PATH}" in table
