@@ -2,6 +2,7 @@
 folder (empty runs/; the built-in corpus cache is the session's). Each chapter must find the previous one's
 output by itself: 02 the tokenizer 01 saved, 04 the shards 02 made, 05 the newest run, 06 the newest runs."""
 import json
+import os
 import shutil
 import time
 
@@ -10,7 +11,12 @@ import pytest
 
 from nbcore import notebooks, paths
 
-pytestmark = pytest.mark.slow
+# With today's laptop-sized defaults the chain costs about 18 CPU-minutes (01 ~1, 02 ~0.3, 03 ~4 with its
+# ablation, 04 ~7, 05 ~5 scoring the whole 1M-token val split, 06 ~0.3), too much for CI's 15-minute suite:
+# it runs when NBCORE_COURSE_CHAIN=1 (e.g. before a release), like the browser test needs its switch.
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(os.environ.get("NBCORE_COURSE_CHAIN") != "1",
+                                 reason="the 01->06 default chain takes ~10 min on 2 cores; set NBCORE_COURSE_CHAIN=1")]
 
 CHAPTERS = ("01_tokenizer", "02_data", "03_model", "04_train", "05_eval", "06_compare")
 
