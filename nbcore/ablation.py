@@ -164,33 +164,38 @@ def run_ablation(shard_dir, steps: int, seeds=(0, 1), variants=None, record_dir=
 
 def results_table(results) -> list[dict]:
     """One row per variant: mean final val bpb over seeds, its difference from the baseline, the seeds' values,
-    and whether the difference is larger than the spread between seeds (a rough noise check)."""
+    the difference to the baseline of the same seed ("paired": same initial weights and batches), and whether the
+    mean difference is larger than the spread between seeds (a rough, conservative noise check)."""
     by = {}
     for r in results:
         by.setdefault(r["name"], []).append(r)
     base = [r["val_bpb"] for r in by["baseline"]]
     base_mean = sum(base) / len(base)
     noise = max(base) - min(base)
+    base_by_seed = {r["seed"]: r["val_bpb"] for r in by["baseline"]}
     rows = []
     for name, rs in by.items():
         vals = [r["val_bpb"] for r in rs]
         mean = sum(vals) / len(vals)
         diff = mean - base_mean
+        paired = [r["val_bpb"] - base_by_seed[r["seed"]] for r in rs if r["seed"] in base_by_seed]
         rows.append({"variant": name, "off": rs[0]["off"], "val_bpb": mean, "diff": diff,
-                     "seeds": vals, "spread": max(vals) - min(vals),
+                     "seeds": vals, "spread": max(vals) - min(vals), "paired": paired,
                      "beyond_noise": name != "baseline" and abs(diff) > max(noise, max(vals) - min(vals))})
     return rows
 
 
 def format_table(rows) -> str:
-    """The table as Markdown: variant, what is off, mean val bpb, difference, per-seed values."""
-    lines = ["| variant | switched off | val bpb (mean) | vs baseline | seeds | beyond seed spread? |",
-             "|---|---|---:|---:|---|---|"]
+    """The table as Markdown: variant, what is off, mean val bpb, difference, per-seed values and differences."""
+    lines = ["| variant | switched off | val bpb (mean) | vs baseline | seeds | vs baseline, per seed | "
+             "beyond seed spread? |", "|---|---|---:|---:|---|---|---|"]
     for r in rows:
-        diff = "—" if r["variant"] == "baseline" else f"{r['diff']:+.4f}"
-        mark = "—" if r["variant"] == "baseline" else ("yes" if r["beyond_noise"] else "no")
+        base = r["variant"] == "baseline"
+        diff = "—" if base else f"{r['diff']:+.4f}"
+        mark = "—" if base else ("yes" if r["beyond_noise"] else "no")
+        paired = "—" if base else ", ".join(f"{d:+.4f}" for d in r.get("paired", []))
         lines.append(f"| {r['variant']} | {r['off']} | {r['val_bpb']:.4f} | {diff} | "
-                     f"{', '.join(f'{v:.4f}' for v in r['seeds'])} | {mark} |")
+                     f"{', '.join(f'{v:.4f}' for v in r['seeds'])} | {paired} | {mark} |")
     return "\n".join(lines)
 
 
