@@ -21,6 +21,6 @@ def test_solutions_run_and_check_themselves(notebook, tmp_path, monkeypatch):
     pm.execute_notebook(str(notebook), str(out), cwd=str(notebook.parent), progress_bar=False)
     nb = nbformat.read(out, as_version=4)
     assert not any(o.get("output_type") == "error" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert sum(c.cell_type == "code" for c in nb.cells) >= 4            # the versions cell + at least 3 exercises
+    assert sum(c.cell_type == "code" for c in nb.cells) >= 5            # versions, parameters, at least 3 exercises
     raw = nbformat.read(notebook, as_version=4)
     assert all(not c.get("outputs") for c in raw.cells if c.cell_type == "code")   # stored without outputs
