@@ -11,6 +11,7 @@
 import datetime
 import importlib.metadata
 import logging
+import os
 import platform
 import sys
 from pathlib import Path
@@ -106,6 +107,8 @@ def default_shards(build: bool = True) -> Path:
     manifest = out / "manifest.json"
     if not build or (manifest.exists() and shards.load_manifest(out).get("complete")):
         return out
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 may build; the others would race it
+        raise FileNotFoundError(f"{out} is missing: run 02_data first (or 04_train in one process), or pass data_dir")
     tok = Path(p["tokenizer"]) if "/" in p["tokenizer"] else paths.tokenizers_dir() / p["tokenizer"]
     if not (tok / "tokenizer.json").exists():
         tok = default_tokenizer()

@@ -98,6 +98,10 @@ def test_default_shards_are_made_with_the_chapters_defaults(runs_dir, tmp_path, 
     }
     monkeypatch.setattr(course, "_defaults", lambda chapter: defaults[chapter])
     assert course.default_shards(build=False) == runs_dir / "shards" / "shards-x"
+    monkeypatch.setenv("RANK", "1")  # under torchrun, a rank other than 0 never builds
+    with pytest.raises(FileNotFoundError, match="run 02_data first"):
+        course.default_shards()
+    monkeypatch.delenv("RANK")
     out = course.default_shards()
     m = shards.load_manifest(out)
     assert out == runs_dir / "shards" / "shards-x" and m["complete"]
