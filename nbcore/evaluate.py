@@ -24,6 +24,7 @@ import datetime
 import json
 import math
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -580,13 +581,20 @@ def load_prompts(path=None) -> list[dict]:
     return prompts
 
 
+def prompt_seed(seed: int, prompt_id) -> int:
+    """The generator seed of one prompt: `seed` plus a stable hash (CRC-32) of the prompt's id."""
+    return int(seed) + zlib.crc32(str(prompt_id).encode("utf-8"))
+
+
 @torch.no_grad()
 def generate_samples(model, tokenizer, prompts, max_new_tokens=64, temperature=0.8, top_k=50, seed=1337,
                      checkpoint="", device="cpu", stop_at_eot=True) -> list[dict]:
     """Continue each prompt with the model's KV-cache `generate`; one record per prompt.
 
-    Each prompt gets its own generator seeded with `seed`, so an output does not depend on
-    the other prompts. temperature 0 means greedy (top-1). Output stops at <|endoftext|>.
+    Each prompt gets its own generator, seeded with `prompt_seed(seed, prompt id)`: an output does not
+    depend on the other prompts or their order, and different prompts draw different random numbers
+    (one seed for all made every sample start alike). temperature 0 means greedy (top-1). Output
+    stops at <|endoftext|>.
     """
     if temperature < 0 or max_new_tokens < 1:
         raise ValueError(f"need temperature >= 0 and max_new_tokens >= 1, got {temperature}, {max_new_tokens}")
@@ -600,7 +608,7 @@ def generate_samples(model, tokenizer, prompts, max_new_tokens=64, temperature=0
     for p in prompts:
         ids = ([eot] if eot is not None else []) + list(tokenizer.encode_ordinary(p["prompt"]))
         idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
-        gen = torch.Generator(device=device).manual_seed(int(seed))
+        gen = torch.Generator(device=device).manual_seed(prompt_seed(seed, p["id"]))
         out = model.generate(idx, max_new_tokens, temperature=float(temperature), top_k=top_k, generator=gen)
         new = out[0, len(ids):].tolist()
         if stop_at_eot and eot is not None and eot in new:
@@ -637,13 +645,21 @@ def _pct(x) -> str:
     return f"{100 * x:.1f}"
 
 
+def skip_note(name: str, reason: str) -> str:
+    """One readable line for a skipped benchmark (the full reason, often a URL error, stays in eval.json)."""
+    if reason.startswith("DatasetUnavailable"):
+        return (f"no data: it could not be downloaded (offline?) and no local file was given; "
+                f"pass benchmark_files={{'{name}': PATH}}")
+    return reason.splitlines()[0][:120]
+
+
 def benchmarks_table(benchmarks: dict) -> str:
     """One row per benchmark: n, acc and acc_norm in % with their 95% Wilson intervals, or the skip note."""
     rows = []
     for name, b in benchmarks.items():
         title = BENCH_TITLES.get(name, name)
         if "skipped" in b:
-            rows.append([title, "-", "-", "-", "-", "-", f"skipped: {b['skipped']}"])
+            rows.append([title, "-", "-", "-", "-", "-", f"skipped: {skip_note(name, b['skipped'])}"])
             continue
         lo, hi = b["acc_ci95"]
         nlo, nhi = b["acc_norm_ci95"]

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 
 TINY = {"vocab_size": 96, "num_layers": 2, "num_heads": 2, "model_dim": 32, "seq_len": 24, "batch_size": 2,
         "window_long": 12, "window_short": 6, "doc_lengths": [10, 6, 8], "compare_size": "tiny",
-        "train_steps": 8}
+        "train_steps": 8, "ablation_steps": 0}
 
 
 def _outputs(nb):
@@ -53,3 +53,25 @@ def test_notebook_03_rejects_bad_parameters(tmp_path):
     import papermill as pm
     with pytest.raises(pm.PapermillExecutionError, match="must be divisible by num_heads"):
         notebooks.execute("03_model", tmp_path / "bad.ipynb", parameters={**TINY, "num_heads": 3})
+
+
+def test_notebook_03_ablation_section_measures_every_switch(tmp_path, runs_dir):
+    """The ablation at the end of 03 with a tiny budget on tiny shards: 11 variants x 2 seeds, a plot, the table."""
+    from nbcore import shards
+    from tests.test_evaluate import make_text, make_tokenizer
+
+    make_tokenizer(tmp_path / "tok")
+    (tmp_path / "text").mkdir()
+    for i in range(4):
+        (tmp_path / "text" / f"d{i}.txt").write_text(make_text(80, seed=i), encoding="utf-8")
+    shards.make_shards(f"local:{tmp_path / 'text' / '*.txt'}", tmp_path / "tok", tmp_path / "shards", shard_size=6000,
+                       num_shards=1, workers=1, val_tokens=1500, progress=False)
+    out = notebooks.execute("03_model", tmp_path / "03.ipynb",
+                            parameters={**TINY, "train_steps": 0, "ablation_steps": 2,
+                                        "ablation_data": str(tmp_path / "shards")})
+    cells, text = _outputs(nb := nbformat.read(out, as_version=4))
+    assert "22 runs in" in text and "each run: " in text
+    md = "\n".join(o.get("data", {}).get("text/markdown", "") for c in cells for o in c.outputs)
+    assert "| baseline | nothing: every trick on |" in md and "| adamw | Muon: hidden matrices trained by AdamW |" in md
+    [record] = list(runs_dir.glob("ablation_*"))
+    assert len(list(record.glob("*_s[01]/metrics.csv"))) == 22 and (record / "results.json").exists()
