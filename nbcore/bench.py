@@ -471,8 +471,9 @@ def add_eval(sub):
 
 
 from .bench_train import add_train  # noqa: E402  (04_train: gpt+Muon vs nanogpt+AdamW)
+from .bench_val import add_val  # noqa: E402  (05_eval: full-split val loss)
 
-SUBCOMMANDS = [add_tokenizer, add_data, add_eval, add_train]
+SUBCOMMANDS = [add_tokenizer, add_data, add_eval, add_train, add_val]
 
 
 def main(argv=None) -> int:

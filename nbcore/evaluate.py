@@ -159,22 +159,45 @@ def bits_per_byte(loss_nats: float, bytes_per_token: float) -> float:
     return loss_nats / math.log(2) / bytes_per_token
 
 
+def _logit_budget(device) -> int:
+    """Logits (rows x V floats) made at once by val_loss: cache-sized on a CPU, large on a GPU."""
+    return 1 << 27 if torch.device(device).type == "cuda" else 1 << 21
+
+
+def batch_nats(model, x, y, window=None, max_logits=None) -> torch.Tensor:
+    """(sum of next-token losses in nats as float64, number of scored targets) of one batch, as a
+    (2,) tensor on x's device: no host sync. x, y (B, T); targets equal to IGNORE are skipped.
+
+    The hidden states come from one (B, T) forward; the head and its softmax then run on
+    chunks of at most `max_logits` / V positions, so the (B, T, V) logits never exist at once
+    (on a CPU the chunk stays in cache; on a GPU it bounds memory)."""
+    h = _hidden(model, x, window).flatten(0, 1)  # (B·T, D)
+    t = y.reshape(-1)  # (B·T,)
+    step = max(1, (max_logits or _logit_budget(x.device)) // model.vocab_size)
+    nats = torch.zeros((), dtype=torch.float64, device=x.device)
+    for i in range(0, t.numel(), step):
+        with model.autocast():
+            logits = model.logits_from(h[i:i + step])  # (n, V) float32
+        nats = nats + F.cross_entropy(logits.float(), t[i:i + step], ignore_index=IGNORE,
+                                      reduction="none").double().sum()
+    return torch.stack([nats, (t != IGNORE).sum().double()])
+
+
 @torch.no_grad()
 def val_loss(model, batches, device="cpu", window=None) -> dict:
     """Mean next-token loss over `batches` of (x, y), each (B, T), summed over all ranks.
 
     Every rank passes its own batches (e.g. `loader.val_batches(..., rank, world_size)`);
     returns {'val_loss': nats per token, 'val_tokens': tokens scored on all ranks}.
+    The sums stay on the device until the end (one host sync per call, none per batch), and
+    each batch's logits are made a chunk at a time (`batch_nats`).
     """
     total = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of nats, tokens]
     was_training = model.training
     model.eval()
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        losses = model(x, targets=y, window=window, reduction="none")  # (B, T); the model autocasts
-        keep = y != IGNORE
-        total[0] += losses.double()[keep].sum()
-        total[1] += keep.sum()
+        total += batch_nats(model, x, y, window)
     model.train(was_training)
     if dist.is_distributed():
         torch.distributed.all_reduce(total)
@@ -754,7 +777,7 @@ def latest_evals(run_dir) -> dict:
 
 
 __all__ = ["BENCHMARKS", "EvalFileError", "LoadedRun", "resolve_checkpoint", "load_tokenizer", "load_run",
-           "bits_per_byte", "val_loss", "EncodedItem", "join_ending", "choice_text", "encode_item", "encode_items",
+           "bits_per_byte", "batch_nats", "val_loss", "EncodedItem", "join_ending", "choice_text", "encode_item", "encode_items",
            "pack_rows", "shares_context", "score_items", "score_items_one_at_a_time", "RULES", "item_result",
            "wilson_interval",
            "summarize", "markdown_table", "benchmarks_table", "headline_table", "load_benchmark", "run_benchmark",
