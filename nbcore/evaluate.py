@@ -171,6 +171,7 @@ def batch_nats(model, x, y, window=None, max_logits=None) -> torch.Tensor:
     The hidden states come from one (B, T) forward; the head and its softmax then run on
     chunks of at most `max_logits` / V positions, so the (B, T, V) logits never exist at once
     (on a CPU the chunk stays in cache; on a GPU it bounds memory)."""
+    model.check_input(x, y)  # (B, T) int64 ids, T <= seq_len, y shaped like x
     h = _hidden(model, x, window).flatten(0, 1)  # (B·T, D)
     t = y.reshape(-1)  # (B·T,)
     step = max(1, (max_logits or _logit_budget(x.device)) // model.vocab_size)
