@@ -23,7 +23,9 @@ The Hugging Face folder, per arch:
   tokenizer_config.json. `AutoTokenizer.from_pretrained(DIR)` then encodes as our tokenizer's
   `encode(text, allowed_special="all")`, except that by default (add_special_tokens=True) it puts
   <|endoftext|> first, as every training document and every scored item starts: the BOS that
-  lm-evaluation-harness then adds on its own.
+  lm-evaluation-harness then adds on its own. (For a "gpt" folder pass trust_remote_code=True to
+  AutoTokenizer too: transformers 5 reads config.json first, and would otherwise ask whether to
+  run the modelling file; with trust_remote_code=False it falls back to a plain config, and works.)
 
 Rotary embeddings (llama3): transformers rotates dimension i together with i + Dh/2
 ("rotate_half"); Meta's original Llama code rotates neighbours (2i, 2i+1) and its weights need a

@@ -166,7 +166,7 @@ def test_export_checkpoint_writes_a_folder_transformers_loads_whole(tmp_path, tr
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["bos_token_id"] == cfg["eos_token_id"] == tok.eot_id
-    hf_tok = transformers_.AutoTokenizer.from_pretrained(str(out))
+    hf_tok = transformers_.AutoTokenizer.from_pretrained(str(out), trust_remote_code=True)
     hf = transformers_.AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True, dtype=torch.float32).eval()
     text = make_text(2, seed=4) + " <|endoftext|> " + make_text(1, seed=5)
     ids = hf_tok(text, return_tensors="pt")["input_ids"]
