@@ -387,7 +387,9 @@ def hellaswag_shaped_items(n: int, vocab_size: int, seed: int = 0, eot_id=None, 
     for _ in range(n):
         c = ([eot_id] if eot_id is not None else []) + [g.randrange(top) for _ in range(g.randint(*ctx))]
         rows = [c + [g.randrange(top) for _ in range(g.randint(*ending))] for _ in range(endings)]
-        out.append(EncodedItem(rows=rows, starts=[len(c)] * endings, label=g.randrange(endings)))
+        chars = [4 * (len(r) - len(c)) for r in rows]  # about 4 characters per token
+        out.append(EncodedItem(rows=rows, starts=[len(c)] * endings, label=g.randrange(endings), chars=chars,
+                               n_bytes=chars))
     return out
 
 
@@ -469,8 +471,9 @@ def add_eval(sub):
 
 
 from .bench_train import add_train  # noqa: E402  (04_train: gpt+Muon vs nanogpt+AdamW)
+from .bench_val import add_val  # noqa: E402  (05_eval: full-split val loss)
 
-SUBCOMMANDS = [add_tokenizer, add_data, add_eval, add_train]
+SUBCOMMANDS = [add_tokenizer, add_data, add_eval, add_train, add_val]
 
 
 def main(argv=None) -> int:

@@ -9,7 +9,14 @@ What the evaluation chapter (05_eval) calls, in the order it calls it:
   that compares runs whose tokenizers differ, so it heads every table.
 - `run_benchmark(model, tok, name)` -> `score_items(model, encoded_items)`: multiple-choice items
   scored completion-style. Each ending follows its context; the model's losses on the ending's
-  tokens are summed (`acc` picks the smallest sum) and averaged (`acc_norm`: smallest mean).
+  tokens are summed, and four rules pick an ending (lm-evaluation-harness's definitions, so the
+  numbers sit next to papers' numbers; `item_result`):
+    `acc`            the smallest summed loss (the largest log-likelihood);
+    `acc_norm`       the smallest loss per character of the ending (lm-eval's acc_norm);
+    `acc_bytes`      the smallest loss per UTF-8 byte of the ending (lm-eval's acc_bytes);
+    `acc_per_token`  the smallest mean loss per ending token (llm.c / build-nanogpt's "acc_norm").
+  The ending's length is its text without the one separator space it carries (lm-eval's choice
+  text; its target_delimiter " " is not counted).
   Batched: contexts run once into a KV cache, then the endings of many items run padded in one
   (R, Te) forward with a mask of the ending positions; items are split across ranks when
   distributed. The scores equal scoring one ending per forward (`score_items_one_at_a_time`).
@@ -179,22 +186,46 @@ def bits_per_byte(loss_nats: float, bytes_per_token: float) -> float:
     return loss_nats / math.log(2) / bytes_per_token
 
 
+def _logit_budget(device) -> int:
+    """Logits (rows x V floats) made at once by val_loss: cache-sized on a CPU, large on a GPU."""
+    return 1 << 27 if torch.device(device).type == "cuda" else 1 << 21
+
+
+def batch_nats(model, x, y, window=None, max_logits=None) -> torch.Tensor:
+    """(sum of next-token losses in nats as float64, number of scored targets) of one batch, as a
+    (2,) tensor on x's device: no host sync. x, y (B, T); targets equal to IGNORE are skipped.
+
+    The hidden states come from one (B, T) forward; the head and its softmax then run on
+    chunks of at most `max_logits` / V positions, so the (B, T, V) logits never exist at once
+    (on a CPU the chunk stays in cache; on a GPU it bounds memory)."""
+    model.check_input(x, y)  # (B, T) int64 ids, T <= seq_len, y shaped like x
+    h = _hidden(model, x, window).flatten(0, 1)  # (B·T, D)
+    t = y.reshape(-1)  # (B·T,)
+    step = max(1, (max_logits or _logit_budget(x.device)) // model.vocab_size)
+    nats = torch.zeros((), dtype=torch.float64, device=x.device)
+    for i in range(0, t.numel(), step):
+        with model.autocast():
+            logits = model.logits_from(h[i:i + step])  # (n, V) float32
+        nats = nats + F.cross_entropy(logits.float(), t[i:i + step], ignore_index=IGNORE,
+                                      reduction="none").double().sum()
+    return torch.stack([nats, (t != IGNORE).sum().double()])
+
+
 @torch.no_grad()
 def val_loss(model, batches, device="cpu", window=None) -> dict:
     """Mean next-token loss over `batches` of (x, y), each (B, T), summed over all ranks.
 
     Every rank passes its own batches (e.g. `loader.val_batches(..., rank, world_size)`);
     returns {'val_loss': nats per token, 'val_tokens': tokens scored on all ranks}.
+    The sums stay on the device until the end (one host sync per call, none per batch), and
+    each batch's logits are made a chunk at a time (`batch_nats`).
     """
     total = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of nats, tokens]
     was_training = model.training
     model.eval()
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        losses = model(x, targets=y, window=window, reduction="none")  # (B, T); the model autocasts
-        keep = y != IGNORE
-        total[0] += losses.double()[keep].sum()
-        total[1] += keep.sum()
+        total += batch_nats(model, x, y, window)
     model.train(was_training)
     if dist.is_distributed():
         torch.distributed.all_reduce(total)
@@ -212,6 +243,8 @@ class EncodedItem:
     rows: list            # list of list[int], one per ending
     starts: list          # starts[i]: index in rows[i] of ending i's first token
     label: int
+    chars: list = None    # chars[i]: ending i's length in characters (for acc_norm; see choice_text)
+    n_bytes: list = None  # n_bytes[i]: its length in UTF-8 bytes (for acc_bytes)
 
 
 def join_ending(context: str, ending: str) -> str:
@@ -221,19 +254,33 @@ def join_ending(context: str, ending: str) -> str:
     return " " + ending
 
 
+def choice_text(ending: str) -> str:
+    """The ending without the one separator space it carries: the text whose length acc_norm
+    (characters) and acc_bytes (UTF-8 bytes) divide by, as lm-eval's choice strings."""
+    return ending[1:] if ending.startswith(" ") else ending
+
+
 def encode_item(tokenizer, item, bos_id=None, max_len=None) -> EncodedItem:
     """Tokenize an item: context once, each ending as it continues the context.
 
+    lm-evaluation-harness's rule for a causal model: whitespace at the end of the context moves
+    to the ending, then the ending's tokens are those of tokenize(context + ending) past the
+    tokens of tokenize(context) (the same as tokenizing the ending alone whenever the join is a
+    pre-tokenizer boundary, as it is after a space).
     `bos_id` (the tokenizer's <|endoftext|>, as every training document starts with it) goes
     first. A row longer than `max_len` (the model's sequence length) loses context tokens from
     the left; an ending that alone does not fit is an error.
     """
-    ctx = list(tokenizer.encode_ordinary(item.context))
+    context = item.context
+    moved = context[len(context.rstrip()):]  # trailing whitespace goes with the ending
+    context = context[:len(context) - len(moved)]
+    ctx = list(tokenizer.encode_ordinary(context))
     if bos_id is not None:
         ctx = [bos_id] + ctx
+    n_ctx = len(ctx) - (bos_id is not None)
     rows, starts = [], []
     for ending in item.endings:
-        end = list(tokenizer.encode_ordinary(join_ending(item.context, ending)))
+        end = list(tokenizer.encode_ordinary(context + moved + join_ending(item.context, ending)))[n_ctx:]
         if not end:
             raise ValueError(f"an ending of item {item.context[:60]!r} encodes to no tokens")
         row = ctx + end
@@ -245,7 +292,9 @@ def encode_item(tokenizer, item, bos_id=None, max_len=None) -> EncodedItem:
             row = row[cut:]
         rows.append(row)
         starts.append(len(row) - len(end))
-    return EncodedItem(rows=rows, starts=starts, label=int(item.label))
+    texts = [choice_text(e) for e in item.endings]
+    return EncodedItem(rows=rows, starts=starts, label=int(item.label), chars=[len(t) for t in texts],
+                       n_bytes=[len(t.encode("utf-8")) for t in texts])
 
 
 def encode_items(tokenizer, items, bos_id=None, max_len=None) -> list[EncodedItem]:
@@ -439,12 +488,38 @@ def _gather_scores(indices, sums, means, device):
     return out
 
 
-def item_result(index, label, sums, means) -> dict:
-    """One item's scores and the model's choices (ties go to the first ending)."""
-    pred = min(range(len(sums)), key=lambda k: sums[k])
-    pred_norm = min(range(len(means)), key=lambda k: means[k])
+RULES = {  # result key suffix -> what the loss of an ending is divided by before the smallest is picked
+    "": "nothing: the summed loss (acc)",
+    "_norm": "the ending's length in characters (acc_norm, as lm-evaluation-harness)",
+    "_bytes": "the ending's length in UTF-8 bytes (acc_bytes, as lm-evaluation-harness)",
+    "_per_token": "the ending's number of tokens (acc_per_token, llm.c's 'acc_norm')",
+}
+
+
+def item_result(index, label, sums, means, chars=None, n_bytes=None) -> dict:
+    """One item's scores and the model's choice under each rule (ties go to the first ending).
+
+    sums: summed loss of each ending (nats), means: per ending token; chars / n_bytes: each
+    ending's length in characters / UTF-8 bytes (EncodedItem.chars / .n_bytes).
+    pred: smallest sum (acc); pred_norm: smallest sum / chars (acc_norm); pred_bytes: smallest
+    sum / bytes (acc_bytes); pred_per_token: smallest mean (acc_per_token).
+    """
+    if chars is None or n_bytes is None:
+        raise ValueError("item_result needs each ending's length in characters and bytes (acc_norm, acc_bytes); "
+                         "build the items with encode_item, which records them")
+    if not len(sums) == len(means) == len(chars) == len(n_bytes):
+        raise ValueError(f"one score per ending: got {len(sums)} sums, {len(means)} means, {len(chars)} "
+                         f"lengths in characters, {len(n_bytes)} in bytes")
+    pick = lambda v: min(range(len(v)), key=lambda k: v[k])
+    pred = pick(sums)
+    pred_norm = pick([s / max(c, 1) for s, c in zip(sums, chars)])
+    pred_bytes = pick([s / max(b, 1) for s, b in zip(sums, n_bytes)])
+    pred_tok = pick(means)
     return {"index": int(index), "label": int(label), "sum_losses": list(sums), "mean_losses": list(means),
-            "pred": pred, "pred_norm": pred_norm, "correct": pred == label, "correct_norm": pred_norm == label}
+            "chars": [int(c) for c in chars], "bytes": [int(b) for b in n_bytes],
+            "pred": pred, "pred_norm": pred_norm, "pred_bytes": pred_bytes, "pred_per_token": pred_tok,
+            "correct": pred == label, "correct_norm": pred_norm == label, "correct_bytes": pred_bytes == label,
+            "correct_per_token": pred_tok == label}
 
 
 def score_items(model, encoded, device="cpu", pad_id=0, window=None, batch_size=64,
@@ -474,7 +549,8 @@ def score_items(model, encoded, device="cpu", pad_id=0, window=None, batch_size=
         table = _gather_scores(mine, sums, means, device)
     else:
         table = {i: (s, m) for i, s, m in zip(mine, sums, means)}
-    return [item_result(i, encoded[i].label, *table[i]) for i in range(len(encoded))]
+    return [item_result(i, encoded[i].label, *table[i], encoded[i].chars, encoded[i].n_bytes)
+            for i in range(len(encoded))]
 
 
 @torch.no_grad()
@@ -491,7 +567,7 @@ def score_items_one_at_a_time(model, encoded, device="cpu", window=None) -> list
             losses = model(x, targets=y, window=window, reduction="none")[0, s - 1:].double()  # (n_end,)
             sums.append(float(losses.sum()))
             means.append(float(losses.mean()))
-        out.append(item_result(i, enc.label, sums, means))
+        out.append(item_result(i, enc.label, sums, means, enc.chars, enc.n_bytes))
     model.train(was_training)
     return out
 
@@ -503,14 +579,19 @@ def wilson_interval(k, n, z: float = Z95) -> tuple[float, float]:
 
 
 def summarize(results) -> dict:
-    """{'n', 'acc', 'acc_norm', 'acc_ci95', 'acc_norm_ci95'} of a list of `item_result`s."""
+    """{'n', 'acc', 'acc_norm', 'acc_bytes', 'acc_per_token', and each one's '_ci95'} of a list of
+    `item_result`s, plus 'acc_norm_unit': 'char' (eval.json files before it held the per-token rule
+    under 'acc_norm')."""
     n = len(results)
     if n == 0:
         raise ValueError("no items were scored: the benchmark file is empty or max_items cut everything")
-    k = sum(r["correct"] for r in results)
-    k_norm = sum(r["correct_norm"] for r in results)
-    return {"n": n, "acc": k / n, "acc_norm": k_norm / n,
-            "acc_ci95": list(wilson_interval(k, n)), "acc_norm_ci95": list(wilson_interval(k_norm, n))}
+    out = {"n": n}
+    for suffix in RULES:
+        k = sum(r["correct" + suffix] for r in results)
+        out["acc" + suffix] = k / n
+        out["acc" + suffix + "_ci95"] = list(wilson_interval(k, n))
+    out["acc_norm_unit"] = "char"
+    return out
 
 
 # ---------------------------------------------------------------- the benchmark data
@@ -654,18 +735,25 @@ def skip_note(name: str, reason: str) -> str:
 
 
 def benchmarks_table(benchmarks: dict) -> str:
-    """One row per benchmark: n, acc and acc_norm in % with their 95% Wilson intervals, or the skip note."""
+    """One row per benchmark: n, acc and acc_norm in % with their 95% Wilson intervals, acc_bytes
+    and acc_per_token, or the skip note. acc_norm is lm-eval's (loss per character); an entry from
+    before acc_norm_unit was recorded held the per-token rule there and shows it as acc_per_token."""
     rows = []
     for name, b in benchmarks.items():
         title = BENCH_TITLES.get(name, name)
         if "skipped" in b:
-            rows.append([title, "-", "-", "-", "-", "-", f"skipped: {skip_note(name, b['skipped'])}"])
+            rows.append([title, "-", "-", "-", "-", "-", "-", "-", f"skipped: {skip_note(name, b['skipped'])}"])
             continue
+        per_char = b.get("acc_norm_unit") == "char"  # else an old entry: acc_norm held the per-token rule
         lo, hi = b["acc_ci95"]
         nlo, nhi = b["acc_norm_ci95"]
-        rows.append([title, b["n"], _pct(b["acc"]), f"[{_pct(lo)}, {_pct(hi)}]", _pct(b["acc_norm"]),
-                     f"[{_pct(nlo)}, {_pct(nhi)}]", f"{b.get('seconds', float('nan')):.1f} s"])
-    return markdown_table(["benchmark", "n", "acc %", "95% CI", "acc_norm %", "95% CI", "time / note"], rows)
+        opt = lambda v: "-" if v is None else _pct(v)
+        rows.append([title, b["n"], _pct(b["acc"]), f"[{_pct(lo)}, {_pct(hi)}]",
+                     _pct(b["acc_norm"]) if per_char else "-", f"[{_pct(nlo)}, {_pct(nhi)}]" if per_char else "-",
+                     opt(b.get("acc_bytes")), opt(b.get("acc_per_token") if per_char else b["acc_norm"]),
+                     f"{b.get('seconds', float('nan')):.1f} s"])
+    return markdown_table(["benchmark", "n", "acc %", "95% CI", "acc_norm % (per char)", "95% CI",
+                           "acc_bytes %", "acc_per_token %", "time / note"], rows)
 
 
 def headline_table(entry: dict) -> str:
@@ -676,8 +764,11 @@ def headline_table(entry: dict) -> str:
            "-" if entry.get("val_loss") is None else f"{entry['val_loss']:.4f}",
            "-" if entry.get("val_tokens") is None else f"{entry['val_tokens']:,}"]
     for name, b in entry.get("benchmarks", {}).items():
-        headers.append(f"{BENCH_TITLES.get(name, name)} acc_norm %")
-        row.append("skipped" if "skipped" in b else _pct(b["acc_norm"]))
+        headers.append(f"{BENCH_TITLES.get(name, name)} acc_norm %")  # lm-eval's: loss per character
+        if "skipped" in b:
+            row.append("skipped")
+        else:
+            row.append(_pct(b["acc_norm"]) if b.get("acc_norm_unit") == "char" else f"{_pct(b['acc_norm'])} (per token)")
     return markdown_table(headers, [row])
 
 
@@ -729,8 +820,9 @@ def latest_evals(run_dir) -> dict:
 
 
 __all__ = ["BENCHMARKS", "EvalFileError", "LoadedRun", "resolve_checkpoint", "load_tokenizer", "load_run",
-           "bits_per_byte", "val_loss", "EncodedItem", "join_ending", "encode_item", "encode_items", "pack_rows",
-           "shares_context", "score_items", "score_items_one_at_a_time", "item_result", "wilson_interval",
+           "bits_per_byte", "batch_nats", "val_loss", "EncodedItem", "join_ending", "choice_text", "encode_item", "encode_items",
+           "pack_rows", "shares_context", "score_items", "score_items_one_at_a_time", "RULES", "item_result",
+           "wilson_interval",
            "summarize", "markdown_table", "benchmarks_table", "headline_table", "load_benchmark", "run_benchmark",
            "load_prompts", "generate_samples", "write_generations", "read_generations", "make_entry", "read_evals",
            "append_eval", "latest_evals"]

@@ -58,7 +58,11 @@ def random_items(n, vocab_size, seed=0, bos=None, max_len=60):
             row = (ctx + end)[-max_len:]
             rows.append(row)
             starts.append(len(row) - len(end))
-        out.append(EncodedItem(rows=rows, starts=starts, label=g.randrange(len(rows))))
+        label = g.randrange(len(rows))
+        # lengths of the endings' text in characters and bytes (from the rows: the draws above stay as they were)
+        chars = [(7 * len(r) + 3 * k) % 50 + 1 for k, r in enumerate(rows)]
+        out.append(EncodedItem(rows=rows, starts=starts, label=label, chars=chars,
+                               n_bytes=[c + (r[-1] % 3) for c, r in zip(chars, rows)]))
     return out
 
 
@@ -122,7 +126,7 @@ def test_one_at_a_time_matches_a_hand_computed_loss():
     V = 321
     model = tiny_model("nanogpt", V)
     row, start = [5, 9, 14, 3, 7, 11], 4  # context 5 9 14 3, ending 7 11
-    item = EncodedItem(rows=[row, [5, 9, 14, 3, 8]], starts=[start, 4], label=0)
+    item = EncodedItem(rows=[row, [5, 9, 14, 3, 8]], starts=[start, 4], label=0, chars=[7, 3], n_bytes=[7, 3])
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([row[:-1]])), dim=-1)[0]  # (T, V)
     want = [-logp[3, 7].item(), -logp[4, 11].item()]  # position t predicts token t+1
@@ -208,17 +212,76 @@ def test_wilson_interval_against_reference_values():
         evaluate.wilson_interval(5, 4)
 
 
-def test_summarize_counts_acc_and_acc_norm():
-    res = [evaluate.item_result(0, 0, [1.0, 2.0], [2.0, 1.0]),    # acc right, acc_norm wrong
-           evaluate.item_result(1, 1, [3.0, 2.0, 5.0], [3.0, 1.0, 0.5]),  # acc right, acc_norm wrong
-           evaluate.item_result(2, 2, [1.0, 1.0, 9.0], [9.0, 9.0, 1.0]),  # tie -> first; acc wrong, norm right
-           evaluate.item_result(3, 0, [1.0, 1.0], [1.0, 2.0])]    # tie -> first: right both
+def test_each_rule_picks_its_own_ending_on_a_hand_computed_item():
+    """One item where the four rules disagree. Ending losses (nats) and lengths:
+        0: sum 6.0, 2 tokens, 12 chars, 12 bytes -> per token 3.00, per char 0.500, per byte 0.500
+        1: sum 7.0, 4 tokens,  9 chars, 20 bytes -> per token 1.75, per char 0.778, per byte 0.350
+        2: sum 8.0, 2 tokens, 20 chars, 21 bytes -> per token 4.00, per char 0.400, per byte 0.381
+    acc (smallest sum) -> 0; acc_norm (per char, lm-eval) -> 2; acc_bytes -> 1; acc_per_token -> 1."""
+    sums, means = [6.0, 7.0, 8.0], [3.0, 1.75, 4.0]
+    r = evaluate.item_result(0, 2, sums, means, chars=[12, 9, 20], n_bytes=[12, 20, 21])
+    assert (r["pred"], r["pred_norm"], r["pred_bytes"], r["pred_per_token"]) == (0, 2, 1, 1)
+    assert (r["correct"], r["correct_norm"], r["correct_bytes"], r["correct_per_token"]) == (False, True, False, False)
+    # lm-eval: argmax(loglikelihood / len) with loglikelihood = -sum; the same picks, computed its way
+    import numpy as np
+    lls = -np.array(sums)
+    assert int(np.argmax(lls / np.array([12, 9, 20]))) == 2 and int(np.argmax(lls / np.array([12, 20, 21]))) == 1
+    with pytest.raises(ValueError, match="characters and bytes"):
+        evaluate.item_result(0, 0, sums, means)
+
+
+def test_encode_item_records_the_choice_lengths_lm_eval_divides_by():
+    """Characters and bytes of the ending without its separator space: 'é' is 1 character, 2 bytes."""
+    tok = make_tokenizer()
+    item = mc_item("The cat sat on the", [" mat.", " café ran", "dog"], 0)
+    enc = evaluate.encode_item(tok, item, bos_id=tok.eot_id)
+    assert enc.chars == [4, 8, 3] and enc.n_bytes == [4, 9, 3]
+    assert evaluate.choice_text(" café ran") == "café ran" and evaluate.choice_text("  x") == " x"
+
+
+def test_encode_item_moves_trailing_context_space_to_the_ending_like_lm_eval():
+    """Context 'Answer: ' + ending 'yes': lm-eval encodes 'Answer:' then ' yes' (one token ' yes'
+    when the tokenizer has it), not 'Answer: ' then 'yes'."""
+    tok = make_tokenizer()
+    item = mc_item("The cat sat on the ", ["hill.", "dog"], 0)
+    enc = evaluate.encode_item(tok, item, bos_id=tok.eot_id)
+    ctx = tok.encode_ordinary("The cat sat on the")
+    for row, start, ending in zip(enc.rows, enc.starts, item.endings):
+        assert row[1:start] == ctx
+        whole = tok.encode_ordinary("The cat sat on the " + ending)
+        assert row[start:] == whole[len(ctx):] == tok.encode_ordinary(" " + ending)
+
+
+def test_summarize_counts_every_rule():
+    res = [evaluate.item_result(0, 0, [1.0, 2.0], [2.0, 1.0], [1, 1], [1, 1]),       # acc, norm, bytes right
+           evaluate.item_result(1, 1, [3.0, 2.0, 5.0], [3.0, 1.0, 0.5], [1, 1, 1], [1, 1, 100]),  # acc, norm right
+           evaluate.item_result(2, 2, [1.0, 1.0, 9.0], [9.0, 9.0, 1.0], [1, 1, 100], [1, 1, 1]),  # norm, per-token
+           evaluate.item_result(3, 0, [1.0, 1.0], [1.0, 2.0], [1, 1], [1, 1])]        # ties -> first: all right
     s = evaluate.summarize(res)
-    assert (s["n"], s["acc"], s["acc_norm"]) == (4, 0.75, 0.5)
+    assert (s["n"], s["acc"], s["acc_norm"], s["acc_bytes"], s["acc_per_token"]) == (4, 0.75, 1.0, 0.5, 0.5)
+    assert s["acc_norm_unit"] == "char"
     assert s["acc_ci95"] == pytest.approx(list(evaluate.wilson_interval(3, 4)))
-    assert s["acc_norm_ci95"] == pytest.approx(list(evaluate.wilson_interval(2, 4)))
+    assert s["acc_per_token_ci95"] == pytest.approx(list(evaluate.wilson_interval(2, 4)))
+    assert s["acc_bytes_ci95"] == pytest.approx(list(evaluate.wilson_interval(2, 4)))
     with pytest.raises(ValueError, match="no items"):
         evaluate.summarize([])
+
+
+def test_tables_name_each_rule_and_read_old_entries():
+    new = {"n": 4, "acc": 0.75, "acc_ci95": [0.3, 0.95], "acc_norm": 1.0, "acc_norm_ci95": [0.5, 1.0],
+           "acc_bytes": 0.5, "acc_bytes_ci95": [0.1, 0.9], "acc_per_token": 0.25, "acc_per_token_ci95": [0, 0.7],
+           "acc_norm_unit": "char", "seconds": 1.0}
+    old = {"n": 4, "acc": 0.5, "acc_ci95": [0.1, 0.9], "acc_norm": 0.125, "acc_norm_ci95": [0, 0.5]}  # per token
+    table = evaluate.benchmarks_table({"hellaswag": new, "arc_easy": old})
+    head, _, hs, arc = table.splitlines()
+    assert "acc_norm % (per char)" in head and "acc_bytes %" in head and "acc_per_token %" in head
+    assert [c.strip() for c in hs.split("|")[1:-1]][:8] == ["HellaSwag", "4", "75.0", "[30.0, 95.0]", "100.0",
+                                                            "[50.0, 100.0]", "50.0", "25.0"]
+    # an eval.json entry written before acc_norm meant per character: its number shows as acc_per_token
+    assert [c.strip() for c in arc.split("|")[1:-1]][4:8] == ["-", "-", "-", "12.5"]
+    entry = {"checkpoint": "c/step_1.pt", "step": 1, "benchmarks": {"hellaswag": new, "arc_easy": old}}
+    line = evaluate.headline_table(entry).splitlines()[2]
+    assert "| 100.0 |" in line and "12.5 (per token)" in line
 
 
 # ---------------------------------------------------------------- val loss and bits per byte

@@ -55,10 +55,12 @@ def test_export_checkpoint_from_a_run_folder(tmp_path):
     assert (out["hf"] / "config.json").exists() and (out["hf"] / "model.safetensors").exists()
     cfg = json.loads((out["hf"] / "config.json").read_text())
     assert cfg["model_type"] == "llama" and cfg["bos_token_id"] == cfg["eos_token_id"] == 320
+    assert (out["hf"] / "tokenizer.json").exists() and (out["hf"] / "tokenizer_config.json").exists()
     make_run(tmp_path / "run_gpt", tmp_path / "tok", arch="gpt", step=2)
-    assert export.export_checkpoint(tmp_path / "run_gpt")["hf"] is None
-    with pytest.raises(ValueError, match="arch='llama3'"):
-        export.export_checkpoint(tmp_path / "run_gpt", tmp_path / "x", hf=True)
+    hf = export.export_checkpoint(tmp_path / "run_gpt")["hf"]  # every arch has a Hugging Face layout now
+    assert json.loads((hf / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"].startswith("modeling_")
+    assert (hf / export.HF_GPT_FILE).exists()
+    assert export.export_checkpoint(tmp_path / "run_gpt", tmp_path / "x", hf=False)["hf"] is None
 
 
 def test_our_rotary_pairs_like_transformers():

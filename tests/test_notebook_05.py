@@ -1,4 +1,5 @@
 """05_eval runs headless through papermill on a tiny run folder and writes eval.json and generations.jsonl."""
+import importlib.util
 import json
 
 import nbformat
@@ -41,6 +42,9 @@ def test_eval_notebook_writes_scores_and_generations(tiny_run, tmp_path):
               "max_items": 5, "mc_batch_size": 4, "val_tokens": 2048, "val_batch_size": 4,
               "prompts_file": tiny_run["prompts"], "max_new_tokens": 8, "temperature": 0.0, "check_items": 3,
               "export": True}
+    lm_eval_ok = all(importlib.util.find_spec(m) for m in ("lm_eval", "transformers", "accelerate"))
+    if lm_eval_ok:  # lm-evaluation-harness scores the export on the same local HellaSwag file
+        params["lm_eval_tasks"] = {"hellaswag": tiny_run["files"]["hellaswag"]}
     out = notebooks.execute("05_eval", tmp_path / "05.ipynb", params)
     evals = json.loads((run / "eval.json").read_text())
     assert len(evals) == 1
@@ -52,6 +56,7 @@ def test_eval_notebook_writes_scores_and_generations(tiny_run, tmp_path):
     for name in ("hellaswag", "arc_easy"):
         b = e["benchmarks"][name]
         assert b["n"] == 5 and 0 <= b["acc"] <= 1 and b["acc_ci95"][0] <= b["acc"] <= b["acc_ci95"][1]
+        assert b["acc_norm_unit"] == "char" and {"acc_bytes", "acc_per_token", "acc_per_token_ci95"} <= set(b)
     # PIQA has no local file and the hub is out of reach here: skipped with the reason, no crash
     assert set(e["benchmarks"]["piqa"]) == {"skipped"} and "DatasetUnavailable" in e["benchmarks"]["piqa"]["skipped"]
     gens = evaluate.read_generations(run / "generations.jsonl")
@@ -63,6 +68,15 @@ def test_eval_notebook_writes_scores_and_generations(tiny_run, tmp_path):
     text = _outputs(out)
     assert "x: (B, T) = (4, 64)" in text and "val bpb" in text and "HellaSwag" in text
     assert "reloaded export gives the checkpoint's logits" in text
+    assert "acc_norm (per char)" in text and "acc_per_token" in text and "/char" in text
+    hf = run / "export" / "step_000006" / "hf"
+    assert (hf / "tokenizer.json").exists() and (hf / "modeling_nbcore_gpt.py").exists()
+    if importlib.util.find_spec("transformers"):
+        assert "transformers loads hf/ (NbcoreGPTForCausalLM): same tokens" in text
+    if lm_eval_ok:
+        rec = json.loads((run / "lm_eval.json").read_text())[-1]["tasks"]["hellaswag"]
+        assert rec["n"] == 5 and rec["agreement"]["same"] == {"acc": 5, "acc_norm": 5, "acc_bytes": 5}
+        assert rec["acc_norm"] == e["benchmarks"]["hellaswag"]["acc_norm"]
 
 
 
