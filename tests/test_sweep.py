@@ -108,7 +108,7 @@ def test_plan_forecasts_every_shipped_set_and_sweep(path):
 def test_forecast_arithmetic_memory_and_cards(tmp_path):
     plan = launch.load_plan(REPO / "papermill_params" / "speedrun_8xh100.yaml")
     r = forecast.forecast_run(plan, "H100-SXM", 8, price=3.0, rows=[])
-    assert r["tokens"] == 1750 * 8 * 24 * 2048 and r["train_flops"] == r["tokens"] * r["flops_per_token"]
+    assert r["tokens"] == 1770 * 8 * 24 * 2048 and r["train_flops"] == r["tokens"] * r["flops_per_token"]
     assert r["train_seconds"] == pytest.approx(r["train_flops"] / (989e12 * 0.35 * 8))
     assert r["dollars"] == pytest.approx(r["seconds"] / 3600 * 3.0 * 8) and r["fits"]
     assert not forecast.forecast_run(plan, "T4", 8, rows=[])["fits"]  # B=24 at T=2048 is far over 16 GB
