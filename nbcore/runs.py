@@ -339,15 +339,16 @@ def estimate_memory(num_params: int, num_layers: int, model_dim: int, vocab_size
                     num_kv_heads: int | None = None, mlp_dim: int | None = None, muon_params: int = 0,
                     head_params: int = 0, value_embeds: int = 0, unet_skips: int = 0, softcap: bool = True,
                     dense_masks: bool = False, fp8_head: bool = False, tied_embeddings: bool = False,
-                    newton_schulz_bytes: int = 0) -> dict:
+                    newton_schulz_bytes: int = 0, cast_params: int = 0) -> dict:
     """Peak training memory of one rank in bytes, with its parts (nbcore.model's eager code).
 
     weights and grads: float32, 4 bytes per parameter each. optimizer: Muon keeps one momentum
     buffer (4 bytes) per parameter it trains (`muon_params`), Adam/AdamW two moments (8 bytes) for
     the rest (`optimizer_bytes_per_param`). activations: `activation_bytes_per_token` x B·T.
     The peak is the largest of three moments of a step, each on top of weights and optimiser state:
-    the start of backward (every activation, and the head's gradient, the first one formed:
-    `head_params`); the end of backward (all gradients, and an embedding's gradient being formed,
+    the start of backward (every activation, the head's gradient, the first one formed:
+    `head_params`, and under 2-byte autocast the cached low-precision copies of the matmul
+    weights, 2 bytes per `cast_params`); the end of backward (all gradients, and an embedding's gradient being formed,
     two with tied embeddings); the optimiser step (all gradients, and Muon's update and its
     orthogonalised copy: 8 bytes per Muon parameter, and `newton_schulz_bytes`, the iteration's
     work space for the largest matrix). `memory_kwargs(model)` fills in the arguments.
@@ -361,7 +362,7 @@ def estimate_memory(num_params: int, num_layers: int, model_dim: int, vocab_size
            "optimizer": muon_params * 4 + (num_params - muon_params) * optimizer_bytes_per_param,
            "activations_per_token": act, "activations": act * tokens, "step_temporaries": muon_params * 8 + newton_schulz_bytes}
     base = out["weights"] + out["optimizer"]
-    out["backward_start"] = base + out["activations"] + head_params * 4
+    out["backward_start"] = base + out["activations"] + head_params * 4 + (2 * cast_params if dtype_bytes == 2 else 0)
     out["backward_end"] = base + out["grads"] + 4 * vocab_size * model_dim * (2 if tied_embeddings else 1)
     out["step"] = base + out["grads"] + out["step_temporaries"]
     out["total"] = max(out["backward_start"], out["backward_end"], out["step"])
@@ -374,6 +375,8 @@ def memory_kwargs(model, world_size: int = 1, dense_masks: bool | None = None) -
     dense_masks: None = as the model runs on its device (SDPA with sliding windows or document
     masks keeps (B, 1, T, T) biases; FlexAttention does not).
     """
+    import torch
+
     cfg = model.config
     arch = cfg["arch"]
     dtype_bytes = 4 if cfg["dtype"] == "float32" else 2
@@ -383,13 +386,15 @@ def memory_kwargs(model, world_size: int = 1, dense_masks: bool | None = None) -
     # Newton-Schulz on an (m, n) matrix, m <= n: X and its next value (m·n each), A, A·A and B (m·m each)
     ns = max((4 * (2 * s[-2] * s[-1] + 3 * min(s[-2], s[-1]) ** 2) for s in muon_shapes), default=0)
     head = getattr(model, "head", None) if arch == "gpt" else getattr(model, "lm_head", None)
+    cast = sum(mod.weight.numel() for mod in model.modules() if isinstance(mod, torch.nn.Linear))
     tied = head is None
     if tied:  # the embedding's gradient comes first, from the head's matmul
         head = model.embed if arch == "gpt" else (model.wte if arch == "nanogpt" else model.embed_tokens)
     kw = dict(num_params=model.num_params(), num_layers=cfg["num_layers"], model_dim=cfg["model_dim"],
               vocab_size=cfg["vocab_size"], seq_len=cfg["seq_len"], dtype_bytes=dtype_bytes, arch=arch,
               num_heads=cfg["num_heads"], head_dim=cfg.get("head_dim"), muon_params=muon,
-              head_params=head.weight.numel(), tied_embeddings=tied, newton_schulz_bytes=ns)
+              head_params=head.weight.numel(), tied_embeddings=tied, newton_schulz_bytes=ns,
+              cast_params=cast + (head.weight.numel() if tied else 0))
     if arch == "gpt":
         if dense_masks is None:
             dense_masks = cfg["attn_backend"] != "flex" and (cfg["sliding_window"] or cfg["eot_id"] is not None)
