@@ -348,9 +348,10 @@ def estimate_memory(num_params: int, num_layers: int, model_dim: int, vocab_size
     The peak is the largest of three moments of a step, each on top of weights and optimiser state:
     the start of backward (every activation, the head's gradient, the first one formed:
     `head_params`, and under 2-byte autocast the cached low-precision copies of the matmul
-    weights, 2 bytes per `cast_params`); the end of backward (all gradients, and an embedding's gradient being formed,
-    two with tied embeddings); the optimiser step (all gradients, and Muon's update and its
-    orthogonalised copy: 8 bytes per Muon parameter, and `newton_schulz_bytes`, the iteration's
+    weights, 2 bytes per `cast_params`); the end of backward (all gradients; tied embeddings add
+    the lookup's gradient and its sum with the head's: two V x D float32 buffers); the optimiser
+    step (all gradients, and Muon's update and its orthogonalised copy: 8 bytes per Muon
+    parameter, and `newton_schulz_bytes`, the iteration's
     work space for the largest matrix). `memory_kwargs(model)` fills in the arguments.
     """
     act = activation_bytes_per_token(arch, num_layers, model_dim, vocab_size, seq_len, num_heads=num_heads,
@@ -363,7 +364,7 @@ def estimate_memory(num_params: int, num_layers: int, model_dim: int, vocab_size
            "activations_per_token": act, "activations": act * tokens, "step_temporaries": muon_params * 8 + newton_schulz_bytes}
     base = out["weights"] + out["optimizer"]
     out["backward_start"] = base + out["activations"] + head_params * 4 + (2 * cast_params if dtype_bytes == 2 else 0)
-    out["backward_end"] = base + out["grads"] + 4 * vocab_size * model_dim * (2 if tied_embeddings else 1)
+    out["backward_end"] = base + out["grads"] + (8 * vocab_size * model_dim if tied_embeddings else 0)
     out["step"] = base + out["grads"] + out["step_temporaries"]
     out["total"] = max(out["backward_start"], out["backward_end"], out["step"])
     return out
