@@ -312,3 +312,15 @@ def test_first_step_out_of_memory_auto_halves_b_given_b_names_one_that_fits(tmp_
                live_plot=False)
     msg = _error_text(e.value)
     assert "batch_size=32 does not fit" in msg and "batch_size=8 fits: use batch_size=8 with grad_accum=4" in msg
+
+
+def test_float16_with_loss_scaling_runs_in_04(tmp_path, tiny_data, runs_dir):
+    """dtype='float16': the pre-Ampere GPU path (float16 autocast + LossScaler over Muon and Adam), on CPU."""
+    out = _train(tmp_path, tiny_data, dtype="float16", num_steps=3, val_interval=0, name="fp16", sample_tokens=0,
+                 live_plot=False)
+    text, _ = _outputs(out)
+    assert "compute float16" in text and "loss scaler" in text
+    (run,) = runs_dir.glob("*_fp16")
+    rows = runs.read_metrics(run)
+    assert [r["step"] for r in rows if r["train_loss"] is not None] == [1, 2, 3]
+    assert all(r["train_loss"] > 0 for r in rows if r["train_loss"] is not None)
