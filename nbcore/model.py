@@ -14,8 +14,9 @@ Architectures:
 
 Shapes: B batch, T sequence, D model dim, H heads, Dh head dim, V vocab, L layers.
 
-Precision: parameters are stored in float32; on CUDA the forward pass runs its matmuls in
-bfloat16 under autocast (`dtype`), on CPU and MPS everything is float32. Logits are float32.
+Precision: parameters are stored in float32; on CUDA the forward pass runs its matmuls under
+autocast (`dtype`): bfloat16 from sm80 (Ampere), float16 before (nbcore.precision); on CPU and MPS
+everything is float32. Logits are float32.
 """
 import logging
 import math
@@ -48,7 +49,7 @@ GPT_DEFAULTS = {
     "softcap": 15.0,           # logits -> softcap * tanh(logits / softcap); 0 disables
     "zero_init": True,         # output projections and head start at zero
     "mlp_act": "relu2",        # "relu2" (ReLU squared) or "gelu"
-    "fp8_head": False,         # FP8 head matmul (CUDA, Hopper or newer only)
+    "fp8_head": False,         # FP8 head matmul in training steps (CUDA sm89+; evaluation stays exact)
     "attn_backend": "auto",    # "flex", "sdpa" or "auto" (flex on CUDA, sdpa elsewhere)
     "compile": None,           # torch.compile the blocks; None = on CUDA only
     "vocab_multiple": 128,     # head rows padded to a multiple (speed); extra logits cut off
@@ -126,9 +127,12 @@ def pick_device(device=None) -> torch.device:
 
 
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
-    """Compute dtype: None -> bfloat16 on CUDA, float32 elsewhere; strings like 'bfloat16' ok."""
+    """Compute dtype: None -> bfloat16 on CUDA from sm80, float16 before, float32 elsewhere; strings ok."""
     if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        from .precision import for_device  # bfloat16 from sm80, float16 before (compute capability)
+        return for_device(device).torch_dtype
     if isinstance(dtype, str):
         names = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
         dtype = getattr(torch, names.get(dtype, dtype), None)
@@ -634,7 +638,11 @@ class GPT(LanguageModel):
         if backend not in ("flex", "sdpa", "auto"):
             raise ModelConfigError(f"attn_backend must be 'flex', 'sdpa' or 'auto', got {backend!r}")
         if backend == "auto":
-            backend = "flex" if device.type == "cuda" else "sdpa"
+            if device.type == "cuda":
+                from .precision import for_device  # flex from sm80; SDPA is faster on older cards
+                backend = for_device(device).attn_backend
+            else:
+                backend = "sdpa"
             if device.type not in ("cuda", "meta"):
                 log.info("nbcore.model: FlexAttention is slow without CUDA; using SDPA with the same masks")
         elif backend == "flex" and device.type == "mps":
@@ -643,9 +651,10 @@ class GPT(LanguageModel):
         cfg["attn_backend"] = backend
         cfg["compile"] = _resolve_compile(cfg["compile"], device)
         if cfg["fp8_head"]:
-            ok = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+            from .precision import fp8_supported
+            ok = device.type == "cuda" and fp8_supported(torch.cuda.get_device_capability(device))
             if not ok:
-                log.warning(f"nbcore.model: fp8_head needs a Hopper (or newer) CUDA GPU, not {device}; "
+                log.warning(f"nbcore.model: fp8_head needs a Hopper or Ada (sm89+) CUDA GPU, not {device}; "
                             f"using a {cfg['dtype']} head")
                 cfg["fp8_head"] = False
             elif cfg["tie_embeddings"]:
@@ -795,7 +804,7 @@ class GPT(LanguageModel):
         V = self.vocab_size
         if self.head is None:
             logits = F.linear(x, self.embed.weight)
-        elif self.config["fp8_head"] and x.is_cuda and (x.numel() // x.size(-1)) % 16 == 0:
+        elif self.fp8_head_active(x):  # training only: evaluation gets the exact head
             logits = fp8_linear(x, self.head.weight)
         else:
             logits = self.head(x)
@@ -819,6 +828,12 @@ class GPT(LanguageModel):
 
     def mtp_weights_now(self):
         return self.mtp_now
+    def fp8_head_active(self, x) -> bool:
+        """The FP8 head runs only in training steps (train mode with grad enabled) on CUDA: e4m3 keeps
+        3 mantissa bits, so its logits are off by a few percent, fine for a gradient, not for a
+        val loss or a score. Evaluation, scoring and generation use the head in the compute dtype."""
+        return (bool(self.config["fp8_head"]) and self.training and torch.is_grad_enabled()
+                and _fp8_device(x) and (x.numel() // x.size(-1)) % 16 == 0)
 
     def configure_optimizers(self):
         """hidden_matrices (Muon): every 2-D weight inside the blocks; embed (Adam): token and
@@ -867,6 +882,11 @@ class FP8Linear(torch.autograd.Function):
 
 def fp8_linear(x, w):
     return FP8Linear.apply(x, w)
+
+
+def _fp8_device(x) -> bool:
+    """Whether x's device runs the FP8 head (CUDA; tests patch this to run it on CPU)."""
+    return x.is_cuda
 
 
 # ----------------------------------------------------------------------------------------------

@@ -171,31 +171,64 @@ def total_ram_bytes() -> int | None:
         return None
 
 
-# Dense bf16 tensor-core peaks (FLOP/s) for MFU; unknown GPUs get no MFU rather than a wrong one.
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "H800": 989e12, "GH200": 989e12, "A100": 312e12,
-                   "A800": 312e12, "L40S": 362e12, "L40": 181e12, "L4": 121e12, "A10G": 70e12,
-                   "A10": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "RTX A6000": 155e12, "V100": 125e12,
-                   "T4": 65e12, "B200": 2250e12}
+# Dense (no sparsity) tensor-core peaks in FLOP/s per GPU, by the dtype the matmuls run in, from
+# NVIDIA's data sheets. "float32" is plain FP32 (no TF32), "tf32" TF32 tensor cores, "float8" e4m3.
+# Unknown GPUs get no MFU rather than a wrong one. Names are matched longest first, so "H100 PCIe"
+# and "H100 NVL" win over "H100" (the SXM card: "NVIDIA H100 80GB HBM3").
+PEAK_FLOPS = {
+    "B200":      {"bfloat16": 2250e12, "float16": 2250e12, "tf32": 1100e12, "float32": 80e12, "float8": 4500e12},
+    "H200":      {"bfloat16": 989e12, "float16": 989e12, "tf32": 494e12, "float32": 67e12, "float8": 1979e12},
+    "GH200":     {"bfloat16": 989e12, "float16": 989e12, "tf32": 494e12, "float32": 67e12, "float8": 1979e12},
+    "H100":      {"bfloat16": 989e12, "float16": 989e12, "tf32": 494e12, "float32": 67e12, "float8": 1979e12},
+    "H100 SXM":  {"bfloat16": 989e12, "float16": 989e12, "tf32": 494e12, "float32": 67e12, "float8": 1979e12},
+    "H100 NVL":  {"bfloat16": 835e12, "float16": 835e12, "tf32": 418e12, "float32": 60e12, "float8": 1671e12},
+    "H100 PCIe": {"bfloat16": 756e12, "float16": 756e12, "tf32": 378e12, "float32": 51e12, "float8": 1513e12},
+    "H800":      {"bfloat16": 989e12, "float16": 989e12, "tf32": 494e12, "float32": 67e12, "float8": 1979e12},
+    "A100":      {"bfloat16": 312e12, "float16": 312e12, "tf32": 156e12, "float32": 19.5e12},
+    "A800":      {"bfloat16": 312e12, "float16": 312e12, "tf32": 156e12, "float32": 19.5e12},
+    "L40S":      {"bfloat16": 362e12, "float16": 362e12, "tf32": 183e12, "float32": 91.6e12, "float8": 733e12},
+    "L40":       {"bfloat16": 181e12, "float16": 181e12, "tf32": 90.5e12, "float32": 90.5e12, "float8": 362e12},
+    "L4":        {"bfloat16": 121e12, "float16": 121e12, "tf32": 60e12, "float32": 30.3e12, "float8": 242e12},
+    "A10G":      {"bfloat16": 70e12, "float16": 70e12, "tf32": 35e12, "float32": 31.2e12},
+    "A10":       {"bfloat16": 125e12, "float16": 125e12, "tf32": 62.5e12, "float32": 31.2e12},
+    "RTX 4090":  {"bfloat16": 165e12, "float16": 165e12, "tf32": 82.6e12, "float32": 82.6e12, "float8": 330e12},
+    "RTX 3090":  {"bfloat16": 71e12, "float16": 71e12, "tf32": 35.6e12, "float32": 35.6e12},
+    "RTX A6000": {"bfloat16": 155e12, "float16": 155e12, "tf32": 77.4e12, "float32": 38.7e12},
+    "V100":      {"float16": 125e12, "float32": 15.7e12},
+    "V100-PCIE": {"float16": 112e12, "float32": 14e12},
+    "T4":        {"float16": 65e12, "float32": 8.1e12},
+}
+PEAK_BF16_FLOPS = {k: v["bfloat16"] for k, v in PEAK_FLOPS.items() if "bfloat16" in v}  # older name, bf16 only
 
 
-def peak_flops(device_name: str | None) -> float | None:
-    """Peak bf16 FLOP/s for a CUDA device name (e.g. 'NVIDIA H100 80GB HBM3'), None if unknown."""
+def peak_flops(device_name: str | None, dtype: str = "bfloat16", tf32: bool = False) -> float | None:
+    """Peak FLOP/s of a CUDA device (e.g. 'NVIDIA H100 80GB HBM3') for matmuls in `dtype`.
+
+    dtype: "bfloat16", "float16", "float32" (TF32 tensor cores if `tf32`) or "float8"; a torch dtype
+    works too. None if the device or its peak for that dtype is unknown (a V100 has no bfloat16).
+    """
     if not device_name:
         return None
-    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
-        if key in device_name:
-            return PEAK_BF16_FLOPS[key]
+    dtype = str(dtype).removeprefix("torch.")
+    if dtype == "float32" and tf32:
+        dtype = "tf32"
+    name = device_name.upper()
+    for key in sorted(PEAK_FLOPS, key=len, reverse=True):
+        if key.upper() in name:
+            return PEAK_FLOPS[key].get(dtype)
     return None
 
 
-def mfu(flops_per_token: float, tokens_per_s: float, world_size: int, device_name: str | None) -> float | None:
-    """Model FLOPs utilisation: achieved training FLOP/s over the peak of all devices.
+def mfu(flops_per_token: float, tokens_per_s: float, world_size: int, device_name: str | None,
+        dtype: str = "bfloat16", tf32: bool = False) -> float | None:
+    """Model FLOPs utilisation: achieved training FLOP/s over the peak of all devices for `dtype`.
 
     `flops_per_token` is the model's training cost per token (forward + backward, as
-    `model.flops_per_token()` returns it), so no further factor is applied.
+    `model.flops_per_token()` returns it), so no further factor is applied. `dtype` is the
+    dtype the matmuls really ran in (float16 on a T4 or V100, bfloat16 from Ampere on).
     """
-    peak = peak_flops(device_name)
-    if peak is None or not flops_per_token:
+    peak = peak_flops(device_name, dtype, tf32)
+    if peak is None or not flops_per_token or not tokens_per_s:
         return None
     return flops_per_token * tokens_per_s / (peak * world_size)
 
@@ -252,24 +285,129 @@ def snapshot_source(run_dir) -> Path:
 
 
 # ---------------------------------------------------------------- memory and batch size
-def estimate_memory(num_params: int, num_layers: int, model_dim: int, vocab_size: int, seq_len: int,
-                    batch_size: int, dtype_bytes: int = 2, optimizer_bytes_per_param: int = 8,
-                    mlp_ratio: float = 4.0, flash_attention: bool = True, num_heads: int = 1) -> dict:
-    """Rough training memory in bytes for one rank: weights + grads + optimiser state + activations.
+# Bytes saved for backward per token, counted with nbcore.memory.PeakMemory under CUDA's autocast
+# rules (tests/test_memory.py checks every arch and size preset against such a measurement).
+# Per layer: c_D·D + c_A·A + c_F·F (+ c_KV·A_kv for llama3) with A = H·Dh the attention width,
+# F the MLP hidden width; "rest" is the embeddings and the final norm (c·D); "ve" is one value
+# embedding table and the two layers it feeds (c·A); "skip" one U-net skip (c·D).
+# 2-byte compute (bfloat16/float16) and float32 differ: the residual stream is float32 either way.
+ACTIVATION_BYTES = {
+    ("gpt", 2): {"D": 16, "A": 24, "F": 4, "rest": 10, "ve": 8, "skip": 2},
+    ("gpt", 4): {"D": 20, "A": 28, "F": 8, "rest": 12, "ve": 12, "skip": 2},
+    ("nanogpt", 2): {"D": 20, "A": 0, "F": 4, "rest": 6},
+    ("nanogpt", 4): {"D": 32, "A": 0, "F": 8, "rest": 8},
+    ("llama3", 2): {"D": 26, "A": 4, "KV": 4, "F": 8, "rest": 10},
+    ("llama3", 4): {"D": 24, "A": 8, "KV": 8, "F": 16, "rest": 12},
+}
 
-    Weights and grads are kept in float32 (4 + 4 bytes per parameter); Adam keeps two moments
-    (8 bytes), Muon one (4). Activations per token and layer follow Korthikanti et al. (2022):
-    about D * (10 + 4 * mlp_ratio) values saved for backward (attention with a fused kernel saves
-    no T x T scores; without one add H * T), plus the float32 logits and their gradient (2 * 4 * V).
+
+def activation_bytes_per_token(arch: str, num_layers: int, model_dim: int, vocab_size: int, seq_len: int, *,
+                               num_heads: int = 1, head_dim: int | None = None, num_kv_heads: int | None = None,
+                               mlp_dim: int | None = None, dtype_bytes: int = 2, value_embeds: int = 0,
+                               unet_skips: int = 0, softcap: bool = True, dense_masks: bool = False,
+                               fp8_head: bool = False) -> int:
+    """Bytes kept per token between forward and backward, at the start of backward (the peak).
+
+    Per layer (see ACTIVATION_BYTES): the residual stream in float32, the normalised inputs of each
+    matmul in the compute dtype, q/k/v (and k/v norms and rotary in float32 under CUDA's autocast),
+    attention output and its log-sum-exp (4·H), the MLP's hidden activations. Attention kernels that
+    take a dense (B, 1, T, T) mask (SDPA with sliding windows or documents; not FlexAttention, not
+    the causal kernel) also keep it as a bias in the compute dtype: dtype_bytes·T per layer.
+    The logits: V-sized float32 buffers, four at the start of backward with the soft-cap (tanh's
+    output, log-softmax's output, and the two gradients being formed), three without.
     """
-    per_layer_values = model_dim * (10 + 4 * mlp_ratio) + (0 if flash_attention else num_heads * seq_len)
-    act_per_token = num_layers * per_layer_values * dtype_bytes + 2 * 4 * vocab_size + 4 * model_dim
+    key = (arch, 2 if dtype_bytes <= 2 else 4)
+    if key not in ACTIVATION_BYTES:
+        raise ValueError(f"no activation model for arch={arch!r}; known: {sorted({a for a, _ in ACTIVATION_BYTES})}")
+    c = ACTIVATION_BYTES[key]
+    D, L, H = model_dim, num_layers, num_heads
+    A = H * (head_dim or D // H)
+    A_kv = (num_kv_heads or H) * (head_dim or D // H)
+    F = mlp_dim or 4 * D
+    per_layer = c["D"] * D + c["A"] * A + c.get("KV", 0) * A_kv + c["F"] * F + (12 if arch == "gpt" else 4) * H + 8
+    if dense_masks:
+        per_layer += dtype_bytes * seq_len
+    out = L * per_layer + c["rest"] * D + 16
+    if arch == "gpt":
+        out += c["ve"] * A * value_embeds + c["skip"] * D * unet_skips + (2 * D if fp8_head else 0)
+    out += (16 if arch == "gpt" and softcap else 12) * vocab_size
+    return int(out)
+
+
+def estimate_memory(num_params: int, num_layers: int, model_dim: int, vocab_size: int, seq_len: int,
+                    batch_size: int, dtype_bytes: int = 2, optimizer_bytes_per_param: int = 8, *,
+                    arch: str = "gpt", num_heads: int = 1, head_dim: int | None = None,
+                    num_kv_heads: int | None = None, mlp_dim: int | None = None, muon_params: int = 0,
+                    head_params: int = 0, value_embeds: int = 0, unet_skips: int = 0, softcap: bool = True,
+                    dense_masks: bool = False, fp8_head: bool = False, tied_embeddings: bool = False,
+                    newton_schulz_bytes: int = 0, cast_params: int = 0) -> dict:
+    """Peak training memory of one rank in bytes, with its parts (nbcore.model's eager code).
+
+    weights and grads: float32, 4 bytes per parameter each. optimizer: Muon keeps one momentum
+    buffer (4 bytes) per parameter it trains (`muon_params`), Adam/AdamW two moments (8 bytes) for
+    the rest (`optimizer_bytes_per_param`). activations: `activation_bytes_per_token` x B·T.
+    The peak is the largest of three moments of a step, each on top of weights and optimiser state:
+    the start of backward (every activation, the head's gradient, the first one formed:
+    `head_params`, and under 2-byte autocast the cached low-precision copies of the matmul
+    weights, 2 bytes per `cast_params`); the end of backward (all gradients; tied embeddings add
+    the lookup's gradient and its sum with the head's: two V x D float32 buffers); the optimiser
+    step (all gradients, and Muon's update and its orthogonalised copy: 8 bytes per Muon
+    parameter, and `newton_schulz_bytes`, the iteration's
+    work space for the largest matrix). `memory_kwargs(model)` fills in the arguments.
+    """
+    act = activation_bytes_per_token(arch, num_layers, model_dim, vocab_size, seq_len, num_heads=num_heads,
+                                     head_dim=head_dim, num_kv_heads=num_kv_heads, mlp_dim=mlp_dim,
+                                     dtype_bytes=dtype_bytes, value_embeds=value_embeds, unet_skips=unet_skips,
+                                     softcap=softcap, dense_masks=dense_masks, fp8_head=fp8_head)
     tokens = batch_size * seq_len
     out = {"weights": num_params * 4, "grads": num_params * 4,
-           "optimizer": num_params * optimizer_bytes_per_param,
-           "activations_per_token": int(act_per_token), "activations": int(act_per_token * tokens)}
-    out["total"] = out["weights"] + out["grads"] + out["optimizer"] + out["activations"]
+           "optimizer": muon_params * 4 + (num_params - muon_params) * optimizer_bytes_per_param,
+           "activations_per_token": act, "activations": act * tokens, "step_temporaries": muon_params * 8 + newton_schulz_bytes}
+    base = out["weights"] + out["optimizer"]
+    out["backward_start"] = base + out["activations"] + head_params * 4 + (2 * cast_params if dtype_bytes == 2 else 0)
+    out["backward_end"] = base + out["grads"] + (8 * vocab_size * model_dim if tied_embeddings else 0)
+    out["step"] = base + out["grads"] + out["step_temporaries"]
+    out["total"] = max(out["backward_start"], out["backward_end"], out["step"])
     return out
+
+
+def memory_kwargs(model, world_size: int = 1, dense_masks: bool | None = None) -> dict:
+    """estimate_memory's arguments (all but batch_size) for a built model of nbcore.model.
+
+    dense_masks: None = as the model runs on its device (SDPA with sliding windows or document
+    masks keeps (B, 1, T, T) biases; FlexAttention does not).
+    """
+    import torch
+
+    cfg = model.config
+    arch = cfg["arch"]
+    dtype_bytes = 4 if cfg["dtype"] == "float32" else 2
+    groups = model.configure_optimizers()
+    muon_shapes = [p.shape for g in groups if g["optimizer"] == "muon" for p in g["params"]]
+    muon = sum(math.prod(s) for s in muon_shapes)
+    # Newton-Schulz on an (m, n) matrix, m <= n: X and its next value (m·n each), A, A·A and B (m·m each)
+    ns = max((4 * (2 * s[-2] * s[-1] + 3 * min(s[-2], s[-1]) ** 2) for s in muon_shapes), default=0)
+    head = getattr(model, "head", None) if arch == "gpt" else getattr(model, "lm_head", None)
+    cast = sum(mod.weight.numel() for mod in model.modules() if isinstance(mod, torch.nn.Linear))
+    tied = head is None
+    if tied:  # the embedding's gradient comes first, from the head's matmul
+        head = model.embed if arch == "gpt" else (model.wte if arch == "nanogpt" else model.embed_tokens)
+    kw = dict(num_params=model.num_params(), num_layers=cfg["num_layers"], model_dim=cfg["model_dim"],
+              vocab_size=cfg["vocab_size"], seq_len=cfg["seq_len"], dtype_bytes=dtype_bytes, arch=arch,
+              num_heads=cfg["num_heads"], head_dim=cfg.get("head_dim"), muon_params=muon,
+              head_params=head.weight.numel(), tied_embeddings=tied, newton_schulz_bytes=ns,
+              cast_params=cast + (head.weight.numel() if tied else 0))
+    if arch == "gpt":
+        if dense_masks is None:
+            dense_masks = cfg["attn_backend"] != "flex" and (cfg["sliding_window"] or cfg["eot_id"] is not None)
+        kw.update(mlp_dim=int(cfg["mlp_ratio"] * cfg["model_dim"]), value_embeds=cfg["value_embeds"],
+                  unet_skips=cfg["num_layers"] // 2 if cfg["unet_skips"] else 0, softcap=bool(cfg["softcap"]),
+                  dense_masks=bool(dense_masks), fp8_head=bool(cfg["fp8_head"]))
+    elif arch == "nanogpt":
+        kw.update(mlp_dim=int(cfg["mlp_ratio"] * cfg["model_dim"]), softcap=False)
+    else:
+        kw.update(mlp_dim=cfg["ffn_dim"], num_kv_heads=cfg["num_kv_heads"], softcap=False)
+    return kw
 
 
 def device_memory_bytes(device: str) -> int | None:
@@ -299,6 +437,63 @@ def auto_batch_size(budget_bytes: int, max_batch: int = 1024, fraction: float = 
         raise MemoryError(f"one sequence needs about {need / 2**30:.1f} GiB, more than {fraction:.0%} of "
                           f"{budget_bytes / 2**30:.1f} GiB: use a smaller model or seq_len")
     return best
+
+
+def _is_oom(exc) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+
+
+def _free_memory(clear=None) -> None:
+    import gc
+
+    import torch
+
+    if clear is not None:
+        clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def fit_batch(try_step, batch_size: int, grad_accum: int, auto: bool, *, clear=None, say=print) -> tuple:
+    """Run the first step, `try_step(B)`, inside an out-of-memory guard; returns (B, grad_accum).
+
+    auto (batch_size="auto"): on out-of-memory halve B and double grad_accum, so the global batch
+    (and every schedule) stays the same, say so, and try again. A given B is never changed: the
+    smaller B that fits is searched the same way and named in the MemoryError. `clear()` drops what
+    a failed try left (gradients) before the next.
+    """
+    B, accum = int(batch_size), int(grad_accum)
+    failed = []  # batch sizes that ran out of memory
+    while True:
+        oom = None
+        try:
+            try_step(B)
+        except Exception as e:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised below
+            if not _is_oom(e):
+                raise
+            oom = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'out of memory'}"
+        if oom is None:  # fits
+            if failed and not auto:
+                raise MemoryError(
+                    f"batch_size={failed[0]} does not fit in this device's memory ({oom_first}); "
+                    f"batch_size={B} fits: use batch_size={B} with grad_accum={grad_accum * failed[0] // B} "
+                    f"(the same global batch), or batch_size='auto'")
+            return B, accum
+        _free_memory(clear)  # outside the except block: the traceback no longer holds tensors
+        if not failed:
+            oom_first = oom
+        failed.append(B)
+        if B == 1:
+            raise MemoryError(f"even batch_size=1 does not fit in this device's memory ({oom_first}): use a "
+                              f"smaller model or seq_len, or more GPUs")
+        B //= 2
+        if auto:
+            accum *= 2
+            say(f"out of memory with B={failed[-1]}: trying B={B} with grad_accum={accum} "
+                f"(same global batch)")
 
 
 def copy_into(run_dir, src, name: str | None = None) -> Path:
@@ -421,5 +616,6 @@ class LivePlot:
 
 __all__ = ["METRICS_COLUMNS", "new_run_dir", "open_run", "claim_run_dir", "read_metrics", "MetricsLog",
            "versions", "git_info", "hardware_info", "peak_flops", "mfu", "estimate_cost", "write_summary",
-           "snapshot_source", "estimate_memory", "device_memory_bytes", "auto_batch_size", "copy_into",
+           "snapshot_source", "estimate_memory", "activation_bytes_per_token", "memory_kwargs", "ACTIVATION_BYTES",
+           "PEAK_FLOPS", "device_memory_bytes", "auto_batch_size", "fit_batch", "copy_into",
            "is_run_dir", "peak_memory_bytes", "StopRequest", "LivePlot"]

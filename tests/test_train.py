@@ -275,3 +275,52 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path, tiny_data, runs_dir):
     assert checkpoint.read(ckpt)["step"] == final["steps"] >= 3
     text, _ = _outputs(tmp_path / "out.ipynb")
     assert f"resume='{run}'" in text
+
+
+# ---------------------------------------------------------------- out of memory in the first step
+def _inject_oom(tmp_path, monkeypatch, above: int):
+    """The kernel's forward raises torch.OutOfMemoryError for batches above `above` rows (with grad),
+    through a sitecustomize.py on the kernel's PYTHONPATH."""
+    import os
+
+    hook = tmp_path / "oom_hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import torch\nfrom nbcore import model as _m\n_forward = _m.LanguageModel.forward\n\n\n"
+        "def forward(self, idx, *args, **kwargs):\n"
+        f"    if torch.is_grad_enabled() and idx.size(0) > {above}:\n"
+        "        raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 1.00 GiB (injected)')\n"
+        "    return _forward(self, idx, *args, **kwargs)\n\n\n"
+        "_m.LanguageModel.forward = forward\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+
+
+def test_first_step_out_of_memory_auto_halves_b_given_b_names_one_that_fits(tmp_path, tiny_data, runs_dir,
+                                                                           monkeypatch):
+    _inject_oom(tmp_path, monkeypatch, above=8)
+    out = _train(tmp_path, tiny_data, batch_size="auto", grad_accum=1, num_steps=1, val_interval=0, name="oom",
+                 sample_tokens=0, live_plot=False)
+    text, _ = _outputs(out)
+    assert "B=32 per rank (auto)" in text  # the estimate's choice on CPU (capped at 32) ...
+    assert "out of memory with B=32: trying B=16 with grad_accum=2" in text  # ... halved until it fits
+    assert "out of memory with B=16: trying B=8 with grad_accum=4" in text and "first step fits: B=8" in text
+    (run,) = runs_dir.glob("*_oom")
+    s = json.loads((run / "summary.json").read_text())
+    assert s["batch_size"] == 8 and s["final"]["tokens_seen"] == 32 * 64 == s["tokens_per_step"]
+    with pytest.raises(Exception) as e:
+        _train(tmp_path, tiny_data, "given.ipynb", batch_size=32, num_steps=1, name="oom2", sample_tokens=0,
+               live_plot=False)
+    msg = _error_text(e.value)
+    assert "batch_size=32 does not fit" in msg and "batch_size=8 fits: use batch_size=8 with grad_accum=4" in msg
+
+
+def test_float16_with_loss_scaling_runs_in_04(tmp_path, tiny_data, runs_dir):
+    """dtype='float16': the pre-Ampere GPU path (float16 autocast + LossScaler over Muon and Adam), on CPU."""
+    out = _train(tmp_path, tiny_data, dtype="float16", num_steps=3, val_interval=0, name="fp16", sample_tokens=0,
+                 live_plot=False)
+    text, _ = _outputs(out)
+    assert "compute float16" in text and "loss scaler" in text
+    (run,) = runs_dir.glob("*_fp16")
+    rows = runs.read_metrics(run)
+    assert [r["step"] for r in rows if r["train_loss"] is not None] == [1, 2, 3]
+    assert all(r["train_loss"] > 0 for r in rows if r["train_loss"] is not None)

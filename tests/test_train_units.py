@@ -143,20 +143,6 @@ def test_mfu_and_peak_flops():
     assert runs.mfu(1e9, 1e5, 2, "H100") == pytest.approx(1e9 * 1e5 / (2 * 989e12))  # training FLOPs/token already fwd+bwd
 
 
-def test_memory_estimate_and_auto_batch():
-    kw = dict(num_params=10_000_000, num_layers=4, model_dim=256, vocab_size=8192, seq_len=512)
-    a, b = runs.estimate_memory(batch_size=1, **kw), runs.estimate_memory(batch_size=2, **kw)
-    assert b["activations"] == 2 * a["activations"] and b["weights"] == a["weights"] == 40_000_000
-    assert a["total"] == a["weights"] + a["grads"] + a["optimizer"] + a["activations"]
-    budget = 2**30
-    B = runs.auto_batch_size(budget, **kw)
-    assert B & (B - 1) == 0  # a power of two
-    assert runs.estimate_memory(batch_size=B, **kw)["total"] <= 0.85 * budget
-    assert runs.estimate_memory(batch_size=2 * B, **kw)["total"] > 0.85 * budget or B == 1024
-    with pytest.raises(MemoryError, match="GiB"):
-        runs.auto_batch_size(10_000_000, **kw)
-
-
 def test_dist_single_process(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
