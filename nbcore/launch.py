@@ -45,6 +45,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -223,7 +224,11 @@ def _rank_errors(logs: Path, stem: str) -> list[tuple[int, str]]:
 
 def run_distributed(nb: Path, out: Path, params: dict, nproc: int, logs: Path, torchrun_args=(),
                     log_output=False) -> None:
-    """Every rank executes `nb` with `params`; rank 0's copy goes to `out`, the others to `logs/`."""
+    """Every rank executes `nb` with `params`; rank 0's copy goes to `out`, the others to `logs/`.
+
+    torchrun runs in its own session (Ctrl-C at the terminal reaches the launcher only, which
+    turns it into a stop request) and is killed if the launcher dies, so no rank outlives it.
+    """
     logs.mkdir(parents=True, exist_ok=True)
     stem = out.stem
     for f in logs.glob(f"{stem}.rank*.error.txt"):
@@ -234,15 +239,51 @@ def run_distributed(nb: Path, out: Path, params: dict, nproc: int, logs: Path, t
     fileio.write_json(spec_path, spec)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    proc = subprocess.run(_torchrun_cmd(nproc, spec_path, list(torchrun_args)), env=env)
+    proc = subprocess.Popen(_torchrun_cmd(nproc, spec_path, list(torchrun_args)), env=env,
+                            start_new_session=True, preexec_fn=_die_with_parent)
+    _live.torchrun = proc
+    try:
+        returncode = proc.wait()
+    finally:
+        _live.torchrun = None
     errors = _rank_errors(logs, stem)
-    if proc.returncode != 0 or errors:
+    if _live.aborted:
+        raise KeyboardInterrupt
+    if returncode != 0 or errors:
         if errors:
             rank, text = errors[0]
-            msg = f"{nb.name} failed on rank {rank} of {nproc}:\n{text.strip()}"
+            msg = text.strip()
         else:
-            msg = f"{nb.name}: torchrun exited with code {proc.returncode} (see the output above and {logs})"
+            msg = f"{nb.stem}: torchrun exited with code {returncode} (see the output above and {logs})"
         raise LaunchError(msg)
+
+
+def _die_with_parent() -> None:
+    """In a child process: be killed when the launcher dies (Linux), so no rank trains on as an orphan."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def describe_failure(notebook: str, exc: BaseException, executed, rank=None) -> str:
+    """What failed, in a few lines: the notebook, the cell, the error's last line, the executed copy.
+
+    (papermill's own traceback is long and mostly its machinery; the executed copy holds the rest.)
+    """
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if ename is None:
+        ename, evalue = type(exc).__name__, str(exc)
+    lines = [ln for ln in f"{ename}: {evalue}".strip().splitlines() if ln.strip()]
+    cell = getattr(exc, "cell_index", None)
+    count = getattr(exc, "exec_count", None)
+    where = f" in cell {cell}" + (f" (execution count {count})" if count is not None else "") if cell is not None else ""
+    on = f" on rank {rank[0]} of {rank[1]}" if rank else ""
+    return f"{Path(notebook).stem} failed{on}{where}: {lines[-1] if lines else ename}\n  executed copy: {executed}"
 
 
 def rank_worker(spec_path) -> int:
@@ -254,11 +295,11 @@ def rank_worker(spec_path) -> int:
     if rank != 0:
         out = logs / f"{out.stem}.rank{rank}.ipynb"
     os.environ["NBCORE_LAUNCH_WORKER"] = "1"  # the kernel ends itself if this process dies
+    _die_with_parent()  # ... and this process if torchrun dies
     try:
         notebooks.execute(spec["notebook"], out, spec["parameters"], log_output=spec.get("log_output", False))
     except Exception as e:  # papermill's error carries the cell's exception name and message
-        ename, evalue = getattr(e, "ename", type(e).__name__), getattr(e, "evalue", str(e))
-        text = f"{ename}: {evalue}\n(executed copy with the failing cell: {out})\n"
+        text = describe_failure(spec["notebook"], e, out, rank=(rank, int(os.environ.get("WORLD_SIZE", "1")))) + "\n"
         fileio.write_text(logs / f"{Path(spec['output']).stem}.rank{rank}.error.txt", text)
         print(f"[rank {rank}] {text}", file=sys.stderr, flush=True)
         return 1
@@ -270,29 +311,88 @@ def _copy(src: Path, dst: Path):
         fileio.write_bytes(dst, src.read_bytes())
 
 
-def run_plan(plan: dict, nproc: int | None = None, resume=None, torchrun_args=(), log_output=False,
-             only=None, dry_run=False) -> Path:
-    """Run every chapter of `plan` in order; returns the run folder."""
-    nproc = int(nproc or plan.get("nproc") or 1)
-    for ch in plan["chapters"]:  # every chapter's names and ${vars} are checked before anything runs
-        notebooks.check_names(substitute(ch["parameters"], plan["vars"]), notebooks.declared_parameters(ch["notebook"]))
-    if resume:
-        run_dir = runs.open_run(resume)
+# ---------------------------------------------------------------- a live run: signals, stop requests
+STOPPABLE = ("04",)   # chapters whose loop stops at a step boundary on request, saving a checkpoint
+STOP_FILE = ".stop"   # in the run folder; runs.StopRequest in every rank's kernel watches it
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM ended the launch (after the training chapter saved a checkpoint)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class _Live:
+    """What the signal handler needs to know about the launch in progress."""
+
+    def __init__(self):
+        self.signum = None        # the first SIGINT/SIGTERM received
+        self.graceful = False     # True while a chapter runs that stops on request (the training loop)
+        self.stop_file = None     # written on the first signal; the kernels' StopRequest sees it
+        self.torchrun = None      # the torchrun process of a distributed chapter
+        self.aborted = False
+
+
+_live = _Live()
+
+
+def _on_signal(signum, frame):
+    """First SIGINT/SIGTERM during training: ask every rank to stop at the next step boundary
+    (the loop then saves a checkpoint and summary.json). Elsewhere, or a second time: abort."""
+    name = signal.Signals(signum).name
+    if _live.signum is None and _live.graceful and _live.stop_file is not None:
+        _live.signum = signum
+        fileio.write_text(_live.stop_file, f"{name}\n")
+        print(f"\n[launch] {name}: training stops at the next step boundary and saves a checkpoint "
+              f"(send it again to abort at once)", file=sys.stderr, flush=True)
+        return
+    _live.signum = _live.signum or signum
+    _live.aborted = True
+    print(f"\n[launch] {name}: aborting", file=sys.stderr, flush=True)
+    if _live.torchrun is not None:
+        try:
+            os.killpg(_live.torchrun.pid, signal.SIGKILL)  # the kernels follow (they die with their parent)
+        except ProcessLookupError:
+            pass
     else:
-        run_dir = None if dry_run else runs.new_run_dir(_slug(plan["name"]))
-    record_path = (run_dir / "launch.json") if run_dir else None
-    record = fileio.read_json(record_path) if resume and record_path.exists() else {}
-    record.setdefault("launches", [])
-    this = {"source": plan.get("source"), "vars": plan["vars"], "nproc": nproc, "resume": bool(resume),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "chapters": []}
-    record["launches"].append(this)
+        raise KeyboardInterrupt
+
+
+class _signals:
+    """Route SIGINT and SIGTERM to `_on_signal` while a launch runs (main thread only)."""
+
+    def __enter__(self):
+        import threading
+
+        self.old = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.old[s] = signal.signal(s, _on_signal)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+        return False
+
+
+# ---------------------------------------------------------------- planning every chapter before running
+def resolve_chapters(plan: dict, nproc: int) -> list[dict]:
+    """Each chapter's final parameters and how it runs, worked out before anything runs.
+
+    Producers (01, 02) get the folder their output goes to (from their reuse key); later chapters
+    are wired to those folders. Returns [{'nb', 'cid', 'declared', 'params', ...}] in plan order.
+    """
     made = {}  # "tokenizer" / "shards" -> folder
+    steps = []
     for ch in plan["chapters"]:
         nb = notebooks.notebook_path(ch["notebook"])
         cid = chapter_id(nb.name)
         declared = notebooks.declared_parameters(nb)
         params = substitute(ch["parameters"], plan["vars"])
-        # wiring: what earlier chapters made
+        # wiring: what earlier chapters make
         if cid == "02" and "tokenizer" in declared and "tokenizer" in made and not params.get("tokenizer"):
             params["tokenizer"] = str(made["tokenizer"])
         if cid not in PRODUCERS and "name" in declared and "name" not in params:
@@ -301,74 +401,214 @@ def run_plan(plan: dict, nproc: int | None = None, resume=None, torchrun_args=()
             for name, kind in (("data_dir", "shards"), ("tokenizer", "tokenizer")):
                 if name in declared and kind in made and not params.get(name):
                     params[name] = str(made[kind])
-            if "run_dir" in declared and run_dir is not None:
-                params["run_dir"] = str(run_dir)
-            if cid == "04" and resume and "resume" in declared:
-                params["resume"] = str(run_dir)
-                params.pop("run_dir", None)
         notebooks.check_names(params, declared)  # a typo in the YAML fails before anything runs
-        entry = {"notebook": nb.stem, "parameters": params}
-        this["chapters"].append(entry)
-        if only and cid not in only and cid not in PRODUCERS:
-            entry["status"] = "skipped (--only)"
-            continue
-        if dry_run:
-            entry["status"] = "dry run"
-            continue
-        t0 = time.time()
+        step = {"nb": nb, "cid": cid, "declared": declared, "params": params}
         if cid in PRODUCERS:
             key = reuse_key(nb.name, params)
             label = _slug(params.get("name") or Path(str(params.get("tokenizer", "x"))).name or cid)
             folder = Path(params["out_dir"]) if params.get("out_dir") else PRODUCERS[cid]() / f"{label}-{key}"
-            kind = "tokenizer" if cid == "01" else "shards"
-            marker = folder / DONE_MARKER
-            if marker.exists() and fileio.read_json(marker).get("key") == key:
-                entry["status"] = f"reused {folder}"
-                print(f"[launch] {nb.stem}: reusing {folder} (same parameters, key {key})", flush=True)
-            elif only and cid not in only:
-                raise LaunchError(f"--only {','.join(sorted(only))}: {nb.stem} has no finished output with these "
-                                  f"parameters ({folder}); run without --only first")
-            else:
-                params["out_dir"] = str(folder)
-                entry["parameters"] = params
-                print(f"[launch] {nb.stem} -> {folder}", flush=True)
-                _run_local(nb, folder / nb.name, params, log_output)
-                fileio.write_json(marker, {"key": key, "notebook": nb.stem, "parameters": params,
-                                           "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
-                entry["status"] = "ran"
-            made[kind] = folder
-            _copy(folder / nb.name, run_dir / nb.name)
+            step.update(key=key, folder=folder, kind="tokenizer" if cid == "01" else "shards")
+            made[step["kind"]] = folder
         else:
-            n = int(ch.get("nproc", nproc)) if cid in DISTRIBUTED_CHAPTERS else 1
-            out = run_dir / nb.name
-            if out.exists():  # a resume (or a second eval) keeps the earlier record
-                k = 1
-                while (run_dir / f"{nb.stem}.resume{k}.ipynb").exists():
-                    k += 1
-                out = run_dir / f"{nb.stem}.resume{k}.ipynb"
-            print(f"[launch] {nb.stem} on {n} process(es) -> {out}", flush=True)
-            try:
-                if n > 1 or torchrun_args:
-                    run_distributed(nb, out, params, n, run_dir / "logs", torchrun_args, log_output)
-                else:
-                    _run_local(nb, out, params, log_output)
-            except Exception as e:
-                entry["status"] = f"failed: {type(e).__name__}"
-                entry["seconds"] = round(time.time() - t0, 2)
-                fileio.write_json(record_path, record)
-                if isinstance(e, LaunchError):
-                    raise
-                ename, evalue = getattr(e, "ename", type(e).__name__), getattr(e, "evalue", str(e))
-                raise LaunchError(f"{nb.name} failed: {ename}: {evalue}\n(executed copy: {out})") from None
-            entry["status"] = "ran"
-            entry["output"] = out.name
-            entry["processes"] = n
-        entry["seconds"] = round(time.time() - t0, 2)
-        if run_dir is not None:
-            fileio.write_json(record_path, record)
+            step["nproc"] = int(ch.get("nproc", nproc)) if cid in DISTRIBUTED_CHAPTERS else 1
+        steps.append(step)
+    return steps
+
+
+def check_devices(steps: list[dict]) -> None:
+    """`device: cuda` on a machine without CUDA (or mps without MPS) stops before anything runs."""
+    asked = [(s["nb"].stem, str(s["params"]["device"])) for s in steps
+             if isinstance(s["params"].get("device"), str) and s["params"]["device"].split(":")[0] in ("cuda", "mps")]
+    if not asked:
+        return
+    import torch
+
+    for stem, dev in asked:
+        kind = dev.split(":")[0]
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ParameterError(f"{stem}: device={dev!r}, but torch {torch.__version__} sees no CUDA GPU on this "
+                                 f"machine (torch.cuda.is_available() is False). Use -p device auto (or cpu), "
+                                 f"or run on a machine with a GPU and a CUDA build of torch")
+        if kind == "cuda" and ":" in dev and int(dev.split(":")[1] or 0) >= torch.cuda.device_count():
+            raise ParameterError(f"{stem}: device={dev!r}, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ParameterError(f"{stem}: device={dev!r}, but Apple MPS is not available here; use -p device auto")
+
+
+def _has_progress(run_dir: Path) -> bool:
+    return (run_dir / "metrics.csv").exists() or (run_dir / "checkpoints").is_dir()
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    """A new run folder that received nothing but the plan (a chapter before training failed) goes."""
+    import shutil
+
+    bookkeeping = {"launch.json", ".lock", STOP_FILE, "logs"}
+    names = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+    logs = run_dir / "logs"
+    if names <= bookkeeping and not (logs.is_dir() and any(not p.name.endswith(".spec.json") for p in logs.iterdir())):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _resume_hint(run_dir: Path) -> str:
+    return f"python -m nbcore.launch --resume {run_dir}"
+
+
+def run_plan(plan: dict, nproc: int | None = None, resume=None, torchrun_args=(), log_output=False,
+             only=None, dry_run=False) -> Path:
+    """Run every chapter of `plan` in order; returns the run folder.
+
+    Every chapter's parameters are worked out and checked first; the run folder is then locked
+    (one launch at a time) and `launch.json` records the plan before any chapter runs, so
+    `--resume RUN` alone can continue it after any kind of stop.
+    """
+    nproc = int(nproc or plan.get("nproc") or 1)
+    for ch in plan["chapters"]:  # every chapter's names and ${vars} are checked before anything runs
+        notebooks.check_names(substitute(ch["parameters"], plan["vars"]), notebooks.declared_parameters(ch["notebook"]))
+    steps = resolve_chapters(plan, nproc)
+    check_devices(steps)
     if dry_run:
+        this = {"source": plan.get("source"), "vars": plan["vars"], "nproc": nproc, "resume": bool(resume),
+                "chapters": [{"notebook": s["nb"].stem, "parameters": s["params"], "status": "dry run"} for s in steps]}
         print(json.dumps(this, indent=2, default=str))
+        return None
+    run_dir = (runs.open_run(resume) if resume else runs.new_run_dir(_slug(plan["name"]))).resolve()
+    try:
+        lock = runs.lock_run(run_dir)
+    except BaseException:
+        if not resume:
+            _remove_if_empty(run_dir)
+        raise
+    stop_file = run_dir / STOP_FILE
+    stop_file.unlink(missing_ok=True)  # a stop asked for in an earlier launch is not this one's
+    old_env = {k: os.environ.get(k) for k in ("NBCORE_STOP_FILE", "NBCORE_LAUNCH_WORKER")}
+    os.environ["NBCORE_STOP_FILE"] = str(stop_file)
+    os.environ["NBCORE_LAUNCH_WORKER"] = "1"  # kernels end when the process running them dies
+    _live.__init__()
+    _live.stop_file = stop_file
+    try:
+        _run_steps(steps, plan, run_dir, nproc, resume, torchrun_args, log_output, only)
+    except BaseException:
+        if not resume:
+            if lock is not None:
+                lock.close()
+            _remove_if_empty(run_dir)
+        raise
+    finally:
+        _live.__init__()
+        stop_file.unlink(missing_ok=True)
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if lock is not None:
+            lock.close()
     return run_dir
+
+
+def _run_steps(steps, plan, run_dir: Path, nproc, resume, torchrun_args, log_output, only) -> None:
+    record_path = run_dir / "launch.json"
+    record = fileio.read_json(record_path) if resume and record_path.exists() else {}
+    record.setdefault("launches", [])
+    this = {"source": plan.get("source"), "vars": plan["vars"], "nproc": nproc, "resume": bool(resume),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "chapters": []}
+    record["launches"].append(this)
+    for s in steps:
+        if s["cid"] in ("04", "05") and "run_dir" in s["declared"]:
+            s["params"]["run_dir"] = str(run_dir)
+        if s["cid"] == "04" and resume and "resume" in s["declared"] and _has_progress(run_dir):
+            s["params"]["resume"] = str(run_dir)
+            s["params"].pop("run_dir", None)
+        entry = {"notebook": s["nb"].stem, "parameters": s["params"], "status": "pending"}
+        if "nproc" in s:
+            entry["processes"] = s["nproc"]
+        if only and s["cid"] not in only and s["cid"] not in PRODUCERS:
+            entry["status"] = "skipped (--only)"
+        s["entry"] = entry
+        this["chapters"].append(entry)
+    fileio.write_json(record_path, record)  # the plan is on disk before any chapter runs
+    for s in steps:
+        entry = s["entry"]
+        if entry["status"] != "pending":
+            continue
+        t0 = time.time()
+        _live.graceful = s["cid"] in STOPPABLE
+        try:
+            _run_step(s, run_dir, only, torchrun_args, log_output)
+        except BaseException as e:
+            interrupted = isinstance(e, KeyboardInterrupt) or _live.aborted
+            entry["status"] = "interrupted (aborted)" if interrupted else f"failed: {type(e).__name__}"
+            entry["seconds"] = round(time.time() - t0, 2)
+            fileio.write_json(record_path, record)
+            if interrupted:
+                name = signal.Signals(_live.signum).name if _live.signum else "SIGINT"
+                raise Interrupted(f"[launch] {name}: {s['nb'].stem} aborted; the run's last checkpoint (if any) "
+                                  f"stays. Continue with:\n  {_resume_hint(run_dir)}",
+                                  _live.signum or signal.SIGINT) from None
+            if isinstance(e, LaunchError):
+                raise
+            if isinstance(e, Exception) and hasattr(e, "ename"):  # papermill: the cell failed
+                raise LaunchError(describe_failure(s["nb"].name, e, s.get("out"))) from None
+            raise
+        finally:
+            _live.graceful = False
+        entry["seconds"] = round(time.time() - t0, 2)
+        if _live.signum is not None:  # the chapter stopped on request (and saved what it had)
+            name = signal.Signals(_live.signum).name
+            entry["status"] = f"interrupted ({name})"
+            fileio.write_json(record_path, record)
+            raise Interrupted(_interrupted_message(run_dir, name), _live.signum)
+        fileio.write_json(record_path, record)
+
+
+def _interrupted_message(run_dir: Path, name: str) -> str:
+    from . import checkpoint
+
+    last = checkpoint.latest(run_dir)
+    saved = f"checkpoint {last}" if last else "no checkpoint"
+    return (f"[launch] interrupted by {name}: {saved}; summary.json marks the run interrupted.\n"
+            f"Continue with:\n  {_resume_hint(run_dir)}")
+
+
+def _run_step(s: dict, run_dir: Path, only, torchrun_args, log_output) -> None:
+    """Run (or reuse) one chapter; its entry in launch.json gets the status."""
+    nb, cid, params, entry = s["nb"], s["cid"], s["params"], s["entry"]
+    if cid in PRODUCERS:
+        key, folder, kind = s["key"], s["folder"], s["kind"]
+        marker = folder / DONE_MARKER
+        s["out"] = folder / nb.name
+        if marker.exists() and fileio.read_json(marker).get("key") == key:
+            entry["status"] = f"reused {folder}"
+            print(f"[launch] {nb.stem}: reusing {folder} (same parameters, key {key})", flush=True)
+        elif only and cid not in only:
+            raise LaunchError(f"--only {','.join(sorted(only))}: {nb.stem} has no finished output with these "
+                              f"parameters ({folder}); run without --only first")
+        else:
+            params["out_dir"] = str(folder)
+            print(f"[launch] {nb.stem} -> {folder}", flush=True)
+            _run_local(nb, folder / nb.name, params, log_output)
+            fileio.write_json(marker, {"key": key, "notebook": nb.stem, "parameters": params,
+                                       "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+            entry["status"] = "ran"
+        _copy(folder / nb.name, run_dir / nb.name)
+        return
+    n = s["nproc"]
+    out = run_dir / nb.name
+    if out.exists():  # a resume (or a second eval) keeps the earlier record
+        k = 1
+        while (run_dir / f"{nb.stem}.resume{k}.ipynb").exists():
+            k += 1
+        out = run_dir / f"{nb.stem}.resume{k}.ipynb"
+    s["out"] = out
+    print(f"[launch] {nb.stem} on {n} process(es) -> {out}", flush=True)
+    if n > 1 or torchrun_args:
+        run_distributed(nb, out, params, n, run_dir / "logs", torchrun_args, log_output)
+    else:
+        _run_local(nb, out, params, log_output)
+    entry["status"] = "ran"
+    entry["output"] = out.name
+    entry["processes"] = n
 
 
 def recorded_plan(run) -> dict:
@@ -432,8 +672,15 @@ def main(argv=None) -> int:
             if a.rdzv_id:
                 trargs += [f"--rdzv-id={a.rdzv_id}"]
         only = set(a.only.split(",")) if a.only else None
-        run_dir = run_plan(plan, nproc=a.nproc, resume=a.resume, torchrun_args=trargs, log_output=a.log_output,
-                           only=only, dry_run=a.dry_run)
+        with _signals():
+            run_dir = run_plan(plan, nproc=a.nproc, resume=a.resume, torchrun_args=trargs,
+                               log_output=a.log_output, only=only, dry_run=a.dry_run)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr, flush=True)
+        return 128 + int(e.signum)
+    except KeyboardInterrupt:
+        print("[launch] interrupted", file=sys.stderr, flush=True)
+        return 130
     except (LaunchError, ParameterError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"launch failed: {e}", file=sys.stderr)
         return 1
