@@ -82,12 +82,37 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+_INT = re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$")  # no leading zeros: "007" is a name, not 7
+_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X)
+
+
 def parse_value(text: str):
-    """A -p value as YAML would read it (numbers, true/false, lists), else the string itself."""
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError:
-        return text
+    """A -p value as a researcher means it: numbers, true/false, null, [lists] and {maps}; else the text.
+
+    YAML 1.2's rules, not 1.1's: "007" stays "007" (no octal), "12:30" stays "12:30" (no base-60
+    number 750), "no"/"on" stay strings; "1e-3" is a float.
+    """
+    t = text.strip()
+    if t in ("true", "True", "TRUE"):
+        return True
+    if t in ("false", "False", "FALSE"):
+        return False
+    if t in ("null", "Null", "NULL", "~"):
+        return None
+    if _INT.match(t):
+        return int(t.replace("_", ""))
+    if _FLOAT.match(t):
+        return float(t.replace("_", ""))
+    if t[:1] in ("[", "{"):
+        try:
+            return yaml.load(t, Loader=_Loader)
+        except yaml.YAMLError:
+            return text
+    return text
 
 
 def load_plan(path) -> dict:
@@ -128,24 +153,101 @@ def chapter_id(notebook: str) -> str:
 
 
 # ---------------------------------------------------------------- overrides and substitution
-def apply_overrides(plan: dict, overrides: dict) -> dict:
-    """A copy of `plan` with each -p override set where it applies; unknown names are errors."""
+# Names several chapters declare with different meanings: an unqualified -p NAME goes only to these
+# chapters; `-p 04_train.NAME V` (or `-p 04.NAME V`) reaches one chapter. Names declared by several
+# chapters and listed in neither table mean the same thing everywhere (a test keeps this complete).
+ROUTES = {
+    "vocab_size": ("01",),        # 01: 256 bytes + merges; 04/03: embedding rows (0 = the tokenizer's)
+    "device": ("04", "05"),       # the model's device; 01's is the BPE trainer's (cpu | cuda)
+    "val_tokens": ("04", "05"),   # tokens scored per evaluation; 02's is the size of the val shard
+    "out_dir": (),                # each producer's own folder: qualify it (01.out_dir, 02.out_dir)
+}
+SAME_MEANING = {"corpus", "workers", "tokenizer", "seed", "num_layers", "num_heads", "model_dim", "seq_len",
+                "batch_size", "data_dir", "run_dir", "name"}
+PATH_NAMES = {"tokenizer", "data_dir", "run_dir", "resume", "out_dir", "checkpoint", "prompts_file",
+              "data_files", "text_path"}
+
+
+def _absolute(name: str, value, cwd: Path, is_var: bool = False):
+    """A relative path given on the command line, made absolute from where the launcher was run.
+
+    Chapters run with notebooks/ as their folder, so `mydata/ts.txt` must not reach them relative.
+    Applies to path parameters (and `_path`/`_dir`/`_file` names), to vars naming an existing
+    file or folder, and to `local:` corpora.
+    """
+    if not isinstance(value, str) or not value or "${" in value:
+        return value
+    if value.startswith("local:"):
+        pattern = value[len("local:"):]
+        if pattern and not os.path.isabs(os.path.expanduser(pattern)):
+            return "local:" + str(cwd / pattern)
+        return value
+    p = Path(os.path.expanduser(value))
+    if p.is_absolute() or ":" in value.split("/")[0]:  # absolute, or a scheme such as tiktoken:gpt2
+        return value
+    pathlike = name in PATH_NAMES or name.endswith(("_path", "_dir", "_file", "_files"))
+    if (cwd / p).exists() and (pathlike or is_var or "/" in value):
+        return str(cwd / p)
+    if pathlike and ("/" in value or value.startswith(".")):  # a folder still to be made
+        return str(cwd / p)
+    return value
+
+
+def _split_name(name: str, plan: dict) -> tuple[str | None, str]:
+    """'04_train.vocab_size' or '04.vocab_size' -> ('04', 'vocab_size'); 'seed' -> (None, 'seed')."""
+    if "." in name:
+        head, rest = name.split(".", 1)
+        ids = {chapter_id(ch["notebook"]): ch["notebook"] for ch in plan["chapters"]}
+        cid = head[:2] if head[:2].isdigit() else None
+        if cid is None or cid not in ids or (len(head) > 2 and Path(ids[cid]).stem != head):
+            raise ParameterError(f"-p {name}: {head!r} is not a chapter of {Path(plan['source']).name} "
+                                 f"(chapters: {', '.join(Path(c['notebook']).stem for c in plan['chapters'])})")
+        return cid, rest
+    return None, name
+
+
+def apply_overrides(plan: dict, overrides: dict, cwd=None) -> dict:
+    """A copy of `plan` with each -p override set where it means the same thing; unknown names are errors.
+
+    `-p NAME V` goes to every chapter declaring NAME, except the names in ROUTES (different meanings
+    in different chapters), which go to the chapters listed there; `-p 04_train.NAME V` reaches one
+    chapter. Relative paths are made absolute from `cwd` (where the launcher was run).
+    """
     plan = copy.deepcopy(plan)
+    cwd = Path(cwd or os.getcwd())
     declared = {i: notebooks.declared_parameters(ch["notebook"]) for i, ch in enumerate(plan["chapters"])}
     valid = set(plan["vars"]) | set(LAUNCHER_NAMES) | {n for d in declared.values() for n in d}
-    for name, value in overrides.items():
+    for full_name, value in overrides.items():
+        if not full_name or not str(full_name).strip():
+            raise ParameterError("-p: empty parameter name; write -p NAME VALUE")
+        only, name = _split_name(full_name, plan)
         if name not in valid:
             hint = difflib.get_close_matches(name, sorted(valid), n=1, cutoff=0.6)
             did = f" Did you mean {hint[0]!r}?" if hint else ""
-            raise ParameterError(f"-p {name}: no chapter of {Path(plan['source']).name} has a parameter {name!r}."
-                                 f"{did} Valid: {', '.join(sorted(valid))}")
-        if name in plan["vars"]:
-            plan["vars"][name] = value
-        if name == "name":
+            raise ParameterError(f"-p {full_name}: no chapter of {Path(plan['source']).name} has a parameter "
+                                 f"{name!r}.{did} Valid: {', '.join(sorted(valid))}")
+        if name == "name" and only is None and not str(value).strip():
+            raise ParameterError("-p name: the run name is empty; give a name (letters, digits, '.', '_', '-')")
+        if name in plan["vars"] and only is None:
+            plan["vars"][name] = _absolute(name, value, cwd, is_var=True)
+        if name == "name" and only is None:
             plan["name"] = str(value)
-        for i, ch in enumerate(plan["chapters"]):
-            if name in declared[i] and (name not in LAUNCHER_NAMES or chapter_id(ch["notebook"]) not in PRODUCERS):
-                ch["parameters"][name] = value
+        targets = [i for i, ch in enumerate(plan["chapters"]) if name in declared[i]]
+        if only is not None:
+            targets = [i for i in targets if chapter_id(plan["chapters"][i]["notebook"]) == only]
+            if not targets:
+                raise ParameterError(f"-p {full_name}: chapter {only} has no parameter {name!r}")
+        elif name in LAUNCHER_NAMES:
+            targets = [i for i in targets if chapter_id(plan["chapters"][i]["notebook"]) not in PRODUCERS]
+        elif name in ROUTES:
+            targets = [i for i in targets if chapter_id(plan["chapters"][i]["notebook"]) in ROUTES[name]]
+            if not targets and name not in plan["vars"]:
+                where = ", ".join(f"{Path(plan['chapters'][i]['notebook']).stem}.{name}"
+                                  for i in range(len(plan["chapters"])) if name in declared[i])
+                raise ParameterError(f"-p {name} means different things in different chapters; say which: "
+                                     f"-p {where.split(', ')[0]} VALUE (have: {where})")
+        for i in targets:
+            plan["chapters"][i]["parameters"][name] = _absolute(name, value, cwd)
     return plan
 
 
@@ -435,6 +537,20 @@ def check_devices(steps: list[dict]) -> None:
             raise ParameterError(f"{stem}: device={dev!r}, but Apple MPS is not available here; use -p device auto")
 
 
+def check_model_options(steps: list[dict]) -> None:
+    """04's `model_options` names and types, checked before any kernel starts."""
+    for s in steps:
+        opts = s["params"].get("model_options")
+        if s["cid"] == "04" and opts:
+            from .params import check_model_options as check
+
+            arch = s["params"].get("arch", s["declared"].get("arch", "gpt"))
+            try:
+                check(arch, opts)
+            except ParameterError as e:
+                raise ParameterError(f"{s['nb'].stem}: {e}") from None
+
+
 def _has_progress(run_dir: Path) -> bool:
     return (run_dir / "metrics.csv").exists() or (run_dir / "checkpoints").is_dir()
 
@@ -467,6 +583,7 @@ def run_plan(plan: dict, nproc: int | None = None, resume=None, torchrun_args=()
         notebooks.check_names(substitute(ch["parameters"], plan["vars"]), notebooks.declared_parameters(ch["notebook"]))
     steps = resolve_chapters(plan, nproc)
     check_devices(steps)
+    check_model_options(steps)
     if dry_run:
         this = {"source": plan.get("source"), "vars": plan["vars"], "nproc": nproc, "resume": bool(resume),
                 "chapters": [{"notebook": s["nb"].stem, "parameters": s["params"], "status": "dry run"} for s in steps]}
