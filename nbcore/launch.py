@@ -162,7 +162,7 @@ ROUTES = {
     "val_tokens": ("04", "05"),   # tokens scored per evaluation; 02's is the size of the val shard
     "out_dir": (),                # each producer's own folder: qualify it (01.out_dir, 02.out_dir)
 }
-SAME_MEANING = {"corpus", "workers", "tokenizer", "seed", "num_layers", "num_heads", "model_dim", "seq_len",
+SAME_MEANING = {"corpus", "encoding", "workers", "tokenizer", "seed", "num_layers", "num_heads", "model_dim", "seq_len",
                 "batch_size", "data_dir", "run_dir", "name"}
 PATH_NAMES = {"tokenizer", "data_dir", "run_dir", "resume", "out_dir", "checkpoint", "prompts_file",
               "data_files", "text_path"}
