@@ -831,13 +831,15 @@ def fill_paper(out_dir, groups: dict, baseline: str, experiment: str, figures: d
     results_text = ""
     if sig_list:
         results_text += "\\begin{itemize}\n" + "".join(f"\\item {latex_escape(s['text'])}\n" for s in sig_list) + "\\end{itemize}\n"
-    if judge_summary:
+    if judge_summary and judge_summary.get("win_rate") is not None:  # None: the judge gave no valid verdict
         lo, hi = judge_summary["win_rate_ci95"]
         results_text += (f"\nAn LLM judge ({latex_escape(judge_summary.get('judge_model', ''))}) preferred "
                          f"{latex_escape(experiment)}'s continuations over {latex_escape(baseline)}'s in "
                          f"{100 * judge_summary['win_rate']:.1f}\\% of {judge_summary['n_prompts']} prompts "
                          f"(95\\% Wilson interval {100 * lo:.1f}--{100 * hi:.1f}\\%; 50\\% means no preference; "
-                         f"each pair judged in both orders; ties, {judge_summary['ties']} of them, count as half).\n")
+                         f"each pair judged in both orders; ties, {judge_summary['ties']} of them, count as half"
+                         + (f"; {judge_summary['invalid']} answers without a verdict are not counted"
+                            if judge_summary.get("invalid") else "") + ").\n")
     diff = [k for k in (groups[experiment][0].params.keys() | groups[baseline][0].params.keys())
             if k not in ("seed", "name") and groups[experiment][0].params.get(k) != groups[baseline][0].params.get(k)]
     diff_text = ", ".join(
