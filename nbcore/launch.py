@@ -26,9 +26,23 @@ What the launcher adds:
   modification time of local corpus files). A later launch with identical parameters reuses
   them instead of rebuilding. Later chapters are wired to them: 02 gets `tokenizer`, 04 gets
   `data_dir` and `tokenizer`, 04 and 05 get the run folder.
-- `-p NAME VALUE` goes to every chapter that declares NAME (or sets the var NAME); `name` is
-  the run name and goes to the training/eval chapters only (01's `name` names the tokenizer).
-  A NAME no chapter has is an error with the closest match.
+- `-p NAME VALUE` goes to every chapter where NAME means the same thing (or sets the var NAME);
+  `name` is the run name and goes to the training/eval chapters only (01's `name` names the
+  tokenizer). Names that mean different things in different chapters go where ROUTES says
+  (`vocab_size` to 01: 04's follows the tokenizer); `-p 04_train.NAME VALUE` (or `04.NAME`)
+  reaches one chapter. Seeds are separate: 02's `data_seed`, 04's `seed`, 05's `generation_seed`.
+  A NAME no chapter has is an error with the closest match. VALUE is read as YAML 1.2 would
+  ("007" and "12:30" stay strings); relative paths are made absolute from the current folder.
+- Before anything runs: every chapter's parameters are worked out and checked (names, 04's
+  `model_options` types, `device: cuda` on a machine without CUDA); the run folder is locked
+  (a second launch on it is refused) and `launch.json` records the plan, so `--resume RUN`
+  alone continues a run however it was stopped.
+- Ctrl-C or SIGTERM (a spot GPU taken back) during training: every rank stops at the next
+  step boundary, saves a checkpoint and a summary.json with `stopped_by: interrupt`, and the
+  launcher prints the resume command (exit status 128 + the signal). A second signal aborts.
+  If the launcher is killed outright, torchrun and every rank die with it.
+- A failing chapter is named with its cell, the error's last line and the executed copy; a new
+  run folder that received nothing but the plan is removed.
 - Distributed chapters (04, 05) run as `torchrun --nproc_per_node=N -m nbcore.launch
   --rank-worker SPEC`, so every rank executes the notebook through papermill; rank 0's executed
   copy is the record in the run folder, the others go to `logs/`. A failure on any rank fails
