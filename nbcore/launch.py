@@ -395,6 +395,9 @@ def describe_failure(notebook: str, exc: BaseException, executed, rank=None) -> 
     if ename is None:
         ename, evalue = type(exc).__name__, str(exc)
     lines = [ln for ln in f"{ename}: {evalue}".strip().splitlines() if ln.strip()]
+    if not str(evalue or "").strip():  # no message: the last line of the exception's own text
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+        lines += [ln.strip() for ln in plain.splitlines() if ln.strip()][-1:]
     cell = getattr(exc, "cell_index", None)
     count = getattr(exc, "exec_count", None)
     where = f" in cell {cell}" + (f" (execution count {count})" if count is not None else "") if cell is not None else ""
