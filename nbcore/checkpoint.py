@@ -90,9 +90,72 @@ def list_checkpoints(run_dir) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest(run_dir) -> Path | None:
-    ckpts = list_checkpoints(run_dir)
-    return ckpts[-1] if ckpts else None
+def readable(path) -> str | None:
+    """Why a checkpoint file cannot be loaded (truncated, not a torch zip file), or None if it looks whole.
+
+    Cheap: reads the zip's central directory at the end of the file (a write cut short lacks it)
+    and checks that every member lies inside the file, without reading the tensors.
+    """
+    import zipfile
+
+    try:
+        size = os.path.getsize(path)
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.header_offset + info.compress_size > size:
+                    return f"member {info.filename} runs past the end of the file"
+            if not any(n.endswith("data.pkl") for n in z.namelist()):
+                return "no data.pkl inside (not a torch checkpoint)"
+    except (OSError, zipfile.BadZipFile, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def latest(run_dir, warn: bool = True) -> Path | None:
+    """The newest checkpoint that can be read; a truncated newer one is skipped with a warning."""
+    folder = Path(run_dir) if Path(run_dir).name == "checkpoints" else Path(run_dir) / "checkpoints"
+    clean_temp(folder)
+    for path in reversed(list_checkpoints(run_dir)):
+        why = readable(path)
+        if why is None:
+            return path
+        if warn:
+            import warnings
+
+            warnings.warn(f"checkpoint {path.name} cannot be read ({why}); it was probably cut short by a "
+                          f"crash. Falling back to the previous one.", stacklevel=2)
+    return None
+
+
+def clean_temp(folder) -> list[Path]:
+    """Delete temporary files a killed checkpoint write left (`.step_*.pt.*.tmp`); returns them.
+
+    Only one process writes a run folder at a time (the launcher locks it), so a temp file
+    found here belongs to a write that will never finish.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    gone = [p for p in folder.glob(".step_*.pt.*.tmp") if p.is_file()]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
+
+
+DIVERGED_MARGIN = 2.0  # nats above ln(V) (uniform guessing) that count as diverged
+
+
+def healthy_loss(loss: float, vocab_size: int) -> bool:
+    """A training loss that is finite and not diverging: at most max(1.5 ln V, ln V + 2) nats.
+
+    A fresh model predicts about uniformly (ln V); a loss far above that means the weights blew up.
+    """
+    import math
+
+    if loss is None or not math.isfinite(loss):
+        return False
+    ln_v = math.log(max(int(vocab_size), 2))
+    return loss <= max(1.5 * ln_v, ln_v + DIVERGED_MARGIN)
 
 
 def save(path, model, optimizers, step: int, loader=None, extra: dict | None = None, keep: int = 0) -> Path | None:
@@ -108,6 +171,7 @@ def save(path, model, optimizers, step: int, loader=None, extra: dict | None = N
     per_rank = [torch.load(io.BytesIO(b), weights_only=True) for b in dist.gather_objects(buf.getvalue())]
     rank = int(os.environ.get("RANK", "0")) if dist.is_distributed() else 0
     if rank == 0:
+        clean_temp(path.parent)  # left by a write that was killed
         blob = {
             "format": FORMAT,
             "step": int(step),
@@ -193,5 +257,6 @@ def read(path, map_location="cpu") -> dict:
     return torch.load(Path(path), map_location=map_location, weights_only=True)
 
 
-__all__ = ["unwrap", "rng_state", "set_rng_state", "checkpoint_path", "list_checkpoints", "latest",
+__all__ = ["unwrap", "rng_state", "set_rng_state", "checkpoint_path", "list_checkpoints", "latest", "readable",
+           "clean_temp", "healthy_loss",
            "save", "load", "read"]

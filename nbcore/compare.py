@@ -1063,13 +1063,15 @@ def fill_paper(out_dir, groups: dict, baseline: str, experiment: str, figures: d
     items = [s["text"] for s in sig_list] + [t["text"] for t in target_results or ()]
     if items:
         results_text += "\\begin{itemize}\n" + "".join(f"\\item {latex_escape(t)}\n" for t in items) + "\\end{itemize}\n"
-    if judge_summary:
+    if judge_summary and judge_summary.get("win_rate") is not None:  # None: the judge gave no valid verdict
         lo, hi = judge_summary["win_rate_ci95"]
         results_text += (f"\nAn LLM judge ({latex_escape(judge_summary.get('judge_model', ''))}) preferred "
                          f"{latex_escape(experiment)}'s continuations over {latex_escape(baseline)}'s in "
                          f"{100 * judge_summary['win_rate']:.1f}\\% of {judge_summary['n_prompts']} prompts "
                          f"(95\\% Wilson interval {100 * lo:.1f}--{100 * hi:.1f}\\%; 50\\% means no preference; "
-                         f"each pair judged in both orders; ties, {judge_summary['ties']} of them, count as half).\n")
+                         f"each pair judged in both orders; ties, {judge_summary['ties']} of them, count as half"
+                         + (f"; {judge_summary['invalid']} answers without a verdict are not counted"
+                            if judge_summary.get("invalid") else "") + ").\n")
     diff_text = change_text(groups, baseline, experiment)
     headline = [s for s in sig_list if s.get("metric") == "val_bpb"] or sig_list
     abstract = abstract or (

@@ -142,8 +142,27 @@ def iter_builtin() -> Iterator[str]:
 
 
 # ---------------------------------------------------------------- local files
-def _iter_txt(path: Path, split: str) -> Iterator[str]:
-    text = path.read_text(encoding="utf-8", errors="replace")
+def decode_text(data: bytes, path, encoding: str = "utf-8", offset: int = 0) -> str:
+    """`data` decoded strictly; bytes that are not `encoding` are an error naming the first bad byte.
+
+    A latin-1 file or a binary renamed .txt would otherwise turn into replacement characters
+    the tokenizer learns from. `offset` is where `data` starts in the file (for the message).
+    """
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        bad = data[e.start:e.start + 4]
+        raise ValueError(f"{path}: not {encoding} text: byte 0x{data[e.start]:02x} at byte offset {offset + e.start:,} "
+                         f"({bad!r} ...) cannot be decoded ({e.reason}). Convert the file (e.g. iconv -f latin-1 -t "
+                         f"utf-8), or read it as what it is with the `encoding` parameter (e.g. encoding='latin-1')"
+                         ) from None
+    except LookupError:
+        raise ValueError(f"encoding={encoding!r} is not a codec Python knows (e.g. 'utf-8', 'latin-1', "
+                         f"'cp1252', 'utf-16')") from None
+
+
+def _iter_txt(path: Path, split: str, encoding: str = "utf-8") -> Iterator[str]:
+    text = decode_text(path.read_bytes(), path, encoding)
     if split == "file":
         if text.strip():
             yield text
@@ -153,9 +172,12 @@ def _iter_txt(path: Path, split: str) -> Iterator[str]:
         raise ValueError(f"split={split!r}: use 'file' (one document per file) or 'blank_lines'")
 
 
-def _iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+def _iter_jsonl(path: Path, text_field: str, encoding: str = "utf-8") -> Iterator[str]:
+    offset = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = decode_text(raw, path, encoding, offset)
+            offset += len(raw)
             if not line.strip():
                 continue
             try:
@@ -179,18 +201,31 @@ def _iter_parquet(path: Path, text_field: str) -> Iterator[str]:
         yield from (t for t in batch.column(0).to_pylist() if t)
 
 
-def iter_local(pattern: str, split: str = "file", text_field: str = "text") -> Iterator[str]:
-    """Documents from files matching `pattern` (sorted): .txt, .jsonl/.json lines, .parquet."""
+def local_files(pattern: str) -> list[Path]:
     files = sorted(Path(p) for p in globlib.glob(str(Path(pattern).expanduser()), recursive=True))
-    files = [p for p in files if p.is_file()]
+    return [p for p in files if p.is_file()]
+
+
+def iter_local(pattern: str, split: str = "file", text_field: str = "text", encoding: str = "utf-8") -> Iterator[str]:
+    """Documents from files matching `pattern` (sorted): .txt, .jsonl/.json lines, .parquet.
+
+    Text is decoded strictly as `encoding` (a file that is not is refused, naming the first
+    bad byte's offset); empty files are skipped with a warning.
+    """
+    files = local_files(pattern)
     if not files:
         raise FileNotFoundError(f"local corpus: no file matches {pattern!r}; check the path and glob")
     for path in files:
         suffix = path.suffix.lower()
+        if path.stat().st_size == 0:
+            import warnings
+
+            warnings.warn(f"local corpus: {path} is empty (0 bytes); skipped", stacklevel=2)
+            continue
         if suffix in (".txt", ".md", ".text"):
-            yield from _iter_txt(path, split)
+            yield from _iter_txt(path, split, encoding)
         elif suffix in (".jsonl", ".ndjson"):
-            yield from _iter_jsonl(path, text_field)
+            yield from _iter_jsonl(path, text_field, encoding)
         elif suffix == ".parquet":
             yield from _iter_parquet(path, text_field)
         else:
@@ -376,8 +411,17 @@ def iter_corpus(spec: str, *, part: str | None = None, val_fraction: float | Non
     elif spec.startswith("local:"):
         pattern = spec[len("local:"):]
         make_docs = lambda: iter_local(pattern, **kwargs)  # noqa: E731
-        if next(make_docs(), None) is None:  # fail now, not at the first next(), on a bad glob
-            raise ValueError(f"local corpus {pattern!r}: the files hold no text")
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # empty files: said below if nothing else is left
+            first = next(make_docs(), None)  # fail now, not at the first next(), on a bad glob
+        if first is None:
+            empty = [f.name for f in local_files(pattern) if f.stat().st_size == 0]
+            if empty and len(empty) == len(local_files(pattern)):
+                raise ValueError(f"local corpus {pattern!r}: {', '.join(empty)} {'is' if len(empty) == 1 else 'are'} "
+                                 f"empty (0 bytes)")
+            raise ValueError(f"local corpus {pattern!r}: the files hold no text (only whitespace)")
     else:
         raise ValueError(f"unknown corpus {spec!r}: use 'builtin', 'local:<glob>' or 'fineweb:<version>' "
                          f"(versions {', '.join(FINEWEB_VERSIONS)})")

@@ -95,7 +95,7 @@ def _die_with_parent() -> None:
         import signal
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (SIGTERM would read as a stop request)
     except OSError:
         pass
 

@@ -19,6 +19,7 @@ The summary (`judge.json`, keyed by baseline run) holds the win rate with its 95
 interval, wins/losses/ties, the tokens used and their estimated cost.
 Only the standard library talks HTTP (urllib).
 """
+import hashlib
 import http.client
 import json
 import os
@@ -70,7 +71,8 @@ class JudgeConfig:
     model: str = ""
     api_key: str = field(default="", repr=False)
     timeout_s: float = 60.0            # per request
-    max_retries: int = 6               # attempts after the first, per judgement
+    max_retries: int = 6               # attempts after the first, per judgement (timeouts, 429/5xx, broken answers)
+    invalid_retries: int = 1           # re-asks after an answer without a verdict; then it counts as invalid
     backoff_s: float = 2.0             # first wait; doubles each retry (with up to 10% jitter)
     max_backoff_s: float = 60.0        # cap on one wait (also caps Retry-After)
     max_tokens: int = 512
@@ -202,18 +204,26 @@ def parse_verdict(text: str) -> str | None:
 def ask(cfg: JudgeConfig, system: str, user: str, sleep=time.sleep) -> dict:
     """One judgement with retries: {"verdict", "text", "usage", "attempts", "errors"}.
 
-    Timeouts, connection failures, HTTP 429/5xx and garbage (non-JSON, missing fields, no
-    verdict) are retried after backoff_s * 2**k seconds (Retry-After when the server sends
-    one), up to max_retries times; then JudgeError. Other HTTP errors (401, 404 ...) fail at once.
+    Timeouts, connection failures, HTTP 429/5xx and garbage (non-JSON, missing fields) are
+    retried after backoff_s * 2**k seconds (Retry-After when the server sends one), up to
+    max_retries times; then JudgeError. Other HTTP errors (401, 404 ...) fail at once. An answer
+    without a verdict line is asked again `invalid_retries` times, then returned with verdict
+    None: an invalid verdict, counted and reported, never a reason to stop the comparison.
     """
     usage = {"input_tokens": 0, "output_tokens": 0}
     errors = []
+    invalid = 0
     for attempt in range(cfg.max_retries + 1):
         try:
             text, u = _post_once(cfg, system, user)
             usage = {k: usage[k] + u[k] for k in usage}  # tokens of answers we could not use cost too
             verdict = parse_verdict(text)
             if verdict is None:
+                invalid += 1
+                if invalid > cfg.invalid_retries:
+                    errors.append(f"no 'Verdict: A|B|tie' line in the answer: {text[-80:]!r}")
+                    return {"verdict": None, "text": text, "usage": usage, "attempts": attempt + 1,
+                            "errors": errors}
                 raise _Retryable(f"no 'Verdict: A|B|tie' line in the answer: {text[-80:]!r}")
             return {"verdict": verdict, "text": text, "usage": usage, "attempts": attempt + 1, "errors": errors}
         except _Retryable as e:
@@ -298,8 +308,19 @@ class _Appender:
             os.fsync(f.fileno())
 
 
-def _key(rec) -> tuple:
-    return rec["baseline_run"], rec["prompt_id"], rec["order"], rec["judge_model"]
+VERDICT_SETTINGS = ("api", "base_url", "model", "max_tokens", "temperature", "extra_body")
+
+
+def judgement_key(cfg: JudgeConfig, system: str, user: str) -> str:
+    """What a verdict depends on, hashed: both texts as shown (prompt, A, B: so the order too), the
+    system prompt and the judge's settings. A regenerated output or another judge is asked anew."""
+    settings = {k: getattr(cfg, k) for k in VERDICT_SETTINGS}
+    blob = json.dumps({"settings": settings, "system": system, "user": user}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _key(rec):
+    return rec.get("key")  # records written before keys existed have none: they are asked again
 
 
 def summarise(records: list[dict], cfg: JudgeConfig | None = None) -> dict:
@@ -308,6 +329,8 @@ def summarise(records: list[dict], cfg: JudgeConfig | None = None) -> dict:
     Each prompt scores the mean of its judgements (win 1, tie 1/2, loss 0; both orders), so the
     interval counts prompts, not the two correlated orders of one prompt, as the trials.
     """
+    invalid = sum(r.get("winner") == "invalid" for r in records)
+    records = [r for r in records if r.get("winner") != "invalid"]
     by_prompt = {}
     for r in records:
         by_prompt.setdefault(r["prompt_id"], []).append({"experiment": 1.0, "tie": 0.5, "baseline": 0.0}[r["winner"]])
@@ -320,6 +343,7 @@ def summarise(records: list[dict], cfg: JudgeConfig | None = None) -> dict:
     tout = sum(r["usage"]["output_tokens"] for r in records)
     first_pos = sum(r["verdict"] == "A" for r in records)
     out = {"n_prompts": n_prompts, "n_judgements": len(records), "wins": wins, "losses": losses, "ties": ties,
+           "invalid": invalid,
            "win_rate": score / n_prompts if n_prompts else None,
            "win_rate_ci95": list(wilson_interval(score, n_prompts)) if n_prompts else None,
            "consistent_prompts": sum(len(set(v)) == 1 and len(v) == 2 for v in by_prompt.values()),
@@ -335,8 +359,11 @@ def judge_runs(baseline_dir, experiment_dir, config: JudgeConfig | None = None, 
                workers: int = 4, progress=None, sleep=time.sleep) -> dict:
     """Judge two runs' generations; append each judgement to <experiment>/judge.jsonl as it arrives.
 
-    Already-judged (baseline run, prompt, order, judge model) entries are skipped, so a re-run
-    resumes. Returns the summary, also saved in <experiment>/judge.json under the baseline's name.
+    A judgement is reused only when its key matches (`judgement_key`: both texts, their order,
+    the judge's settings), so a re-run resumes, and regenerated outputs or a changed judge are
+    asked anew. Answers without a verdict are recorded as invalid and counted in the summary
+    (`invalid`), then asked again on the next run. Returns the summary, also saved in
+    <experiment>/judge.json under the baseline's name.
     """
     cfg = config or config_from_env()
     baseline_dir, experiment_dir = Path(baseline_dir), Path(experiment_dir)
@@ -344,20 +371,27 @@ def judge_runs(baseline_dir, experiment_dir, config: JudgeConfig | None = None, 
         raise ValueError(f"baseline and experiment are the same run ({baseline_dir.name}): pick two different runs")
     pairs = pair_generations(baseline_dir, experiment_dir)[:max_prompts]
     path = experiment_dir / JUDGE_FILE
-    done = {_key(r) for r in read_judgements(path)}
-    todo = [(p, order) for p in pairs for order in ("ab", "ba")
-            if (baseline_dir.name, p["prompt_id"], order, cfg.model) not in done]
+    done = {_key(r) for r in read_judgements(path) if r.get("winner") != "invalid"}
+    items = []
+    for p in pairs:
+        for order in ("ab", "ba"):
+            exp_is_a = order == "ab"  # "ab": experiment shown as A
+            a, b = (p["experiment"], p["baseline"]) if exp_is_a else (p["baseline"], p["experiment"])
+            user = USER_TEMPLATE.format(prompt=p["prompt"], a=a, b=b)
+            items.append((p, order, user, judgement_key(cfg, SYSTEM_PROMPT, user)))
+    keys = {item[3] for item in items}
+    todo = [item for item in items if item[3] not in done]
     append = _Appender(path)
 
     def one(item):
-        p, order = item
-        exp_is_a = order == "ab"  # "ab": experiment shown as A
-        a, b = (p["experiment"], p["baseline"]) if exp_is_a else (p["baseline"], p["experiment"])
-        res = ask(cfg, SYSTEM_PROMPT, USER_TEMPLATE.format(prompt=p["prompt"], a=a, b=b), sleep=sleep)
+        p, order, user, key = item
+        exp_is_a = order == "ab"
+        res = ask(cfg, SYSTEM_PROMPT, user, sleep=sleep)
         v = res["verdict"]
-        winner = "tie" if v == "tie" else ("experiment" if (v == "A") == exp_is_a else "baseline")
+        winner = ("invalid" if v is None else "tie" if v == "tie"
+                  else ("experiment" if (v == "A") == exp_is_a else "baseline"))
         rec = {"baseline_run": baseline_dir.name, "experiment_run": experiment_dir.name,
-               "prompt_id": p["prompt_id"], "order": order, "verdict": v, "winner": winner,
+               "prompt_id": p["prompt_id"], "order": order, "verdict": v, "winner": winner, "key": key,
                "judge_api": cfg.api, "judge_model": cfg.model, "usage": res["usage"], "attempts": res["attempts"],
                "errors": res["errors"], "answer": res["text"],
                "judged_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -385,9 +419,12 @@ def judge_runs(baseline_dir, experiment_dir, config: JudgeConfig | None = None, 
     if first_error:
         raise first_error
 
-    ids = {p["prompt_id"] for p in pairs}
-    records = [r for r in read_judgements(path) if r["baseline_run"] == baseline_dir.name
-               and r["judge_model"] == cfg.model and r["prompt_id"] in ids]
+    latest = {}  # key -> its latest record (a valid verdict wins over earlier invalid ones)
+    for r in read_judgements(path):
+        k = _key(r)
+        if k in keys and (k not in latest or latest[k].get("winner") == "invalid"):
+            latest[k] = r
+    records = list(latest.values())
     summary = {"baseline_run": baseline_dir.name, "experiment_run": experiment_dir.name,
                **summarise(records, cfg), "config": {k: v for k, v in asdict(cfg).items() if k != "api_key"}}
     summary_path = experiment_dir / SUMMARY_FILE
@@ -399,14 +436,20 @@ def judge_runs(baseline_dir, experiment_dir, config: JudgeConfig | None = None, 
 
 def format_summary(s: dict) -> str:
     """One line: 'experiment wins 62.5% [48.1, 75.0] of 40 prompts (W/L/T 45/28/7), 12,345 tokens, $0.0042'."""
-    lo, hi = s["win_rate_ci95"]
     cost = f", ${s['cost_usd']:.4f}" if "cost_usd" in s else ""
+    bad = s.get("invalid", 0)
+    invalid = (f"; {bad} invalid verdict(s) (answers without a 'Verdict:' line) not counted; a re-run asks "
+               f"them again" if bad else "")
+    if s["win_rate"] is None:
+        return (f"{s['experiment_run']} vs {s['baseline_run']}: no valid verdict{invalid}, "
+                f"{s['input_tokens'] + s['output_tokens']:,} tokens{cost}")
+    lo, hi = s["win_rate_ci95"]
     return (f"{s['experiment_run']} vs {s['baseline_run']}: win rate {100 * s['win_rate']:.1f}% "
             f"[{100 * lo:.1f}, {100 * hi:.1f}] over {s['n_prompts']} prompts (50% = no difference; "
             f"W/L/T {s['wins']}/{s['losses']}/{s['ties']} of {s['n_judgements']} judgements), "
-            f"{s['input_tokens'] + s['output_tokens']:,} tokens{cost}")
+            f"{s['input_tokens'] + s['output_tokens']:,} tokens{cost}{invalid}")
 
 
 __all__ = ["JudgeConfig", "JudgeError", "available", "config_from_env", "ask", "parse_verdict",
            "read_generations", "pair_generations", "read_judgements", "summarise", "judge_runs",
-           "format_summary", "SYSTEM_PROMPT", "USER_TEMPLATE"]
+           "format_summary", "judgement_key", "SYSTEM_PROMPT", "USER_TEMPLATE"]

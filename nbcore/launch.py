@@ -26,18 +26,34 @@ What the launcher adds:
   modification time of local corpus files). A later launch with identical parameters reuses
   them instead of rebuilding. Later chapters are wired to them: 02 gets `tokenizer`, 04 gets
   `data_dir` and `tokenizer`, 04 and 05 get the run folder.
-- `-p NAME VALUE` goes to every chapter that declares NAME (or sets the var NAME); `name` is
-  the run name and goes to the training/eval chapters only (01's `name` names the tokenizer).
-  A NAME no chapter has is an error with the closest match.
+- `-p NAME VALUE` goes to every chapter where NAME means the same thing (or sets the var NAME);
+  `name` is the run name and goes to the training/eval chapters only (01's `name` names the
+  tokenizer). Names that mean different things in different chapters go where ROUTES says
+  (`vocab_size` to 01: 04's follows the tokenizer); `-p 04_train.NAME VALUE` (or `04.NAME`)
+  reaches one chapter. Seeds are separate: 02's `data_seed`, 04's `seed`, 05's `generation_seed`.
+  A NAME no chapter has is an error with the closest match. VALUE is read as YAML 1.2 would
+  ("007" and "12:30" stay strings); relative paths are made absolute from the current folder.
+- Before anything runs: every chapter's parameters are worked out and checked (names, 04's
+  `model_options` types, `device: cuda` on a machine without CUDA); the run folder is locked
+  (a second launch on it is refused) and `launch.json` records the plan, so `--resume RUN`
+  alone continues a run however it was stopped.
+- Ctrl-C or SIGTERM (a spot GPU taken back) during training: every rank stops at the next
+  step boundary, saves a checkpoint and a summary.json with `stopped_by: interrupt`, and the
+  launcher prints the resume command (exit status 128 + the signal). A second signal aborts.
+  If the launcher is killed outright, torchrun and every rank die with it.
+- A failing chapter is named with its cell, the error's last line and the executed copy; a new
+  run folder that received nothing but the plan is removed.
 - Distributed chapters (04, 05) run as `torchrun --nproc_per_node=N -m nbcore.launch
   --rank-worker SPEC`, so every rank executes the notebook through papermill; rank 0's executed
   copy is the record in the run folder, the others go to `logs/`. A failure on any rank fails
   the launch and prints that rank's error. Multi-node: pass torchrun's rendezvous options
   (`--nnodes 2 --node-rank 0 --rdzv-endpoint host:29400 --rdzv-id myjob`) and run the same
-  command on every node.
+  command on every node (node 0 owns the run folder, the tokenizer and the shards; nbcore.nodes).
 - While 04 trains, a line per validation (and at most one per 30 s otherwise) with step, %, losses,
   tokens/s, MFU, elapsed, ETA and dollars so far, read from the run's metrics.csv (nbcore.progress);
   `--quiet` turns them off, `--log-output` streams the notebooks' own output as well.
+- A sweep file (variants x seeds, nbcore.sweep), `--plan` (a cost forecast, nbcore.forecast) and
+  `--emit skypilot DIR` (task files, nbcore.skypilot) go through the same command.
 - The run folder gets every executed notebook (copies of reused ones too) and `launch.json`
   (the parameter set, overrides, each chapter's parameters, status and time).
 """
@@ -48,6 +64,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -84,12 +101,37 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+_INT = re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$")  # no leading zeros: "007" is a name, not 7
+_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X)
+
+
 def parse_value(text: str):
-    """A -p value as YAML would read it (numbers, true/false, lists), else the string itself."""
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError:
-        return text
+    """A -p value as a researcher means it: numbers, true/false, null, [lists] and {maps}; else the text.
+
+    YAML 1.2's rules, not 1.1's: "007" stays "007" (no octal), "12:30" stays "12:30" (no base-60
+    number 750), "no"/"on" stay strings; "1e-3" is a float.
+    """
+    t = text.strip()
+    if t in ("true", "True", "TRUE"):
+        return True
+    if t in ("false", "False", "FALSE"):
+        return False
+    if t in ("null", "Null", "NULL", "~"):
+        return None
+    if _INT.match(t):
+        return int(t.replace("_", ""))
+    if _FLOAT.match(t):
+        return float(t.replace("_", ""))
+    if t[:1] in ("[", "{"):
+        try:
+            return yaml.load(t, Loader=_Loader)
+        except yaml.YAMLError:
+            return text
+    return text
 
 
 def load_plan(path) -> dict:
@@ -130,24 +172,101 @@ def chapter_id(notebook: str) -> str:
 
 
 # ---------------------------------------------------------------- overrides and substitution
-def apply_overrides(plan: dict, overrides: dict) -> dict:
-    """A copy of `plan` with each -p override set where it applies; unknown names are errors."""
+# Names several chapters declare with different meanings: an unqualified -p NAME goes only to these
+# chapters; `-p 04_train.NAME V` (or `-p 04.NAME V`) reaches one chapter. Names declared by several
+# chapters and listed in neither table mean the same thing everywhere (a test keeps this complete).
+ROUTES = {
+    "vocab_size": ("01",),        # 01: 256 bytes + merges; 04/03: embedding rows (0 = the tokenizer's)
+    "device": ("04", "05"),       # the model's device; 01's is the BPE trainer's (cpu | cuda)
+    "val_tokens": ("04", "05"),   # tokens scored per evaluation; 02's is the size of the val shard
+    "out_dir": (),                # each producer's own folder: qualify it (01.out_dir, 02.out_dir)
+}
+SAME_MEANING = {"corpus", "encoding", "workers", "tokenizer", "seed", "num_layers", "num_heads", "model_dim", "seq_len",
+                "batch_size", "data_dir", "run_dir", "name"}
+PATH_NAMES = {"tokenizer", "data_dir", "run_dir", "resume", "out_dir", "checkpoint", "prompts_file",
+              "data_files", "text_path"}
+
+
+def _absolute(name: str, value, cwd: Path, is_var: bool = False):
+    """A relative path given on the command line, made absolute from where the launcher was run.
+
+    Chapters run with notebooks/ as their folder, so `mydata/ts.txt` must not reach them relative.
+    Applies to path parameters (and `_path`/`_dir`/`_file` names), to vars naming an existing
+    file or folder, and to `local:` corpora.
+    """
+    if not isinstance(value, str) or not value or "${" in value:
+        return value
+    if value.startswith("local:"):
+        pattern = value[len("local:"):]
+        if pattern and not os.path.isabs(os.path.expanduser(pattern)):
+            return "local:" + str(cwd / pattern)
+        return value
+    p = Path(os.path.expanduser(value))
+    if p.is_absolute() or ":" in value.split("/")[0]:  # absolute, or a scheme such as tiktoken:gpt2
+        return value
+    pathlike = name in PATH_NAMES or name.endswith(("_path", "_dir", "_file", "_files"))
+    if (cwd / p).exists() and (pathlike or is_var or "/" in value):
+        return str(cwd / p)
+    if pathlike and ("/" in value or value.startswith(".")):  # a folder still to be made
+        return str(cwd / p)
+    return value
+
+
+def _split_name(name: str, plan: dict) -> tuple[str | None, str]:
+    """'04_train.vocab_size' or '04.vocab_size' -> ('04', 'vocab_size'); 'seed' -> (None, 'seed')."""
+    if "." in name:
+        head, rest = name.split(".", 1)
+        ids = {chapter_id(ch["notebook"]): ch["notebook"] for ch in plan["chapters"]}
+        cid = head[:2] if head[:2].isdigit() else None
+        if cid is None or cid not in ids or (len(head) > 2 and Path(ids[cid]).stem != head):
+            raise ParameterError(f"-p {name}: {head!r} is not a chapter of {Path(plan['source']).name} "
+                                 f"(chapters: {', '.join(Path(c['notebook']).stem for c in plan['chapters'])})")
+        return cid, rest
+    return None, name
+
+
+def apply_overrides(plan: dict, overrides: dict, cwd=None) -> dict:
+    """A copy of `plan` with each -p override set where it means the same thing; unknown names are errors.
+
+    `-p NAME V` goes to every chapter declaring NAME, except the names in ROUTES (different meanings
+    in different chapters), which go to the chapters listed there; `-p 04_train.NAME V` reaches one
+    chapter. Relative paths are made absolute from `cwd` (where the launcher was run).
+    """
     plan = copy.deepcopy(plan)
+    cwd = Path(cwd or os.getcwd())
     declared = {i: notebooks.declared_parameters(ch["notebook"]) for i, ch in enumerate(plan["chapters"])}
     valid = set(plan["vars"]) | set(LAUNCHER_NAMES) | {n for d in declared.values() for n in d}
-    for name, value in overrides.items():
+    for full_name, value in overrides.items():
+        if not full_name or not str(full_name).strip():
+            raise ParameterError("-p: empty parameter name; write -p NAME VALUE")
+        only, name = _split_name(full_name, plan)
         if name not in valid:
             hint = difflib.get_close_matches(name, sorted(valid), n=1, cutoff=0.6)
             did = f" Did you mean {hint[0]!r}?" if hint else ""
-            raise ParameterError(f"-p {name}: no chapter of {Path(plan['source']).name} has a parameter {name!r}."
-                                 f"{did} Valid: {', '.join(sorted(valid))}")
-        if name in plan["vars"]:
-            plan["vars"][name] = value
-        if name == "name":
+            raise ParameterError(f"-p {full_name}: no chapter of {Path(plan['source']).name} has a parameter "
+                                 f"{name!r}.{did} Valid: {', '.join(sorted(valid))}")
+        if name == "name" and only is None and not str(value).strip():
+            raise ParameterError("-p name: the run name is empty; give a name (letters, digits, '.', '_', '-')")
+        if name in plan["vars"] and only is None:
+            plan["vars"][name] = _absolute(name, value, cwd, is_var=True)
+        if name == "name" and only is None:
             plan["name"] = str(value)
-        for i, ch in enumerate(plan["chapters"]):
-            if name in declared[i] and (name not in LAUNCHER_NAMES or chapter_id(ch["notebook"]) not in PRODUCERS):
-                ch["parameters"][name] = value
+        targets = [i for i, ch in enumerate(plan["chapters"]) if name in declared[i]]
+        if only is not None:
+            targets = [i for i in targets if chapter_id(plan["chapters"][i]["notebook"]) == only]
+            if not targets:
+                raise ParameterError(f"-p {full_name}: chapter {only} has no parameter {name!r}")
+        elif name in LAUNCHER_NAMES:
+            targets = [i for i in targets if chapter_id(plan["chapters"][i]["notebook"]) not in PRODUCERS]
+        elif name in ROUTES:
+            targets = [i for i in targets if chapter_id(plan["chapters"][i]["notebook"]) in ROUTES[name]]
+            if not targets and name not in plan["vars"]:
+                where = ", ".join(f"{Path(plan['chapters'][i]['notebook']).stem}.{name}"
+                                  for i in range(len(plan["chapters"])) if name in declared[i])
+                raise ParameterError(f"-p {name} means different things in different chapters; say which: "
+                                     f"-p {where.split(', ')[0]} VALUE (have: {where})")
+        for i in targets:
+            plan["chapters"][i]["parameters"][name] = _absolute(name, value, cwd)
     return plan
 
 
@@ -226,7 +345,11 @@ def _rank_errors(logs: Path, stem: str) -> list[tuple[int, str]]:
 
 def run_distributed(nb: Path, out: Path, params: dict, nproc: int, logs: Path, torchrun_args=(),
                     log_output=False) -> None:
-    """Every rank executes `nb` with `params`; rank 0's copy goes to `out`, the others to `logs/`."""
+    """Every rank executes `nb` with `params`; rank 0's copy goes to `out`, the others to `logs/`.
+
+    torchrun runs in its own session (Ctrl-C at the terminal reaches the launcher only, which
+    turns it into a stop request) and is killed if the launcher dies, so no rank outlives it.
+    """
     logs.mkdir(parents=True, exist_ok=True)
     stem = out.stem
     for f in logs.glob(f"{stem}.rank*.error.txt"):
@@ -237,15 +360,54 @@ def run_distributed(nb: Path, out: Path, params: dict, nproc: int, logs: Path, t
     fileio.write_json(spec_path, spec)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    proc = subprocess.run(_torchrun_cmd(nproc, spec_path, list(torchrun_args)), env=env)
+    proc = subprocess.Popen(_torchrun_cmd(nproc, spec_path, list(torchrun_args)), env=env,
+                            start_new_session=True, preexec_fn=_die_with_parent)
+    _live.torchrun = proc
+    try:
+        returncode = proc.wait()
+    finally:
+        _live.torchrun = None
     errors = _rank_errors(logs, stem)
-    if proc.returncode != 0 or errors:
+    if _live.aborted:
+        raise KeyboardInterrupt
+    if returncode != 0 or errors:
         if errors:
             rank, text = errors[0]
-            msg = f"{nb.name} failed on rank {rank} of {nproc}:\n{text.strip()}"
+            msg = text.strip()
         else:
-            msg = f"{nb.name}: torchrun exited with code {proc.returncode} (see the output above and {logs})"
+            msg = f"{nb.stem}: torchrun exited with code {returncode} (see the output above and {logs})"
         raise LaunchError(msg)
+
+
+def _die_with_parent() -> None:
+    """In a child process: be killed when the launcher dies (Linux), so no rank trains on as an orphan."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def describe_failure(notebook: str, exc: BaseException, executed, rank=None) -> str:
+    """What failed, in a few lines: the notebook, the cell, the error's last line, the executed copy.
+
+    (papermill's own traceback is long and mostly its machinery; the executed copy holds the rest.)
+    """
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if ename is None:
+        ename, evalue = type(exc).__name__, str(exc)
+    lines = [ln for ln in f"{ename}: {evalue}".strip().splitlines() if ln.strip()]
+    if not str(evalue or "").strip():  # no message: the last line of the exception's own text
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+        lines += [ln.strip() for ln in plain.splitlines() if ln.strip()][-1:]
+    cell = getattr(exc, "cell_index", None)
+    count = getattr(exc, "exec_count", None)
+    where = f" in cell {cell}" + (f" (execution count {count})" if count is not None else "") if cell is not None else ""
+    on = f" on rank {rank[0]} of {rank[1]}" if rank else ""
+    return f"{Path(notebook).stem} failed{on}{where}: {lines[-1] if lines else ename}\n  executed copy: {executed}"
 
 
 def rank_worker(spec_path) -> int:
@@ -257,11 +419,11 @@ def rank_worker(spec_path) -> int:
     if rank != 0:
         out = logs / f"{out.stem}.rank{rank}.ipynb"
     os.environ["NBCORE_LAUNCH_WORKER"] = "1"  # the kernel ends itself if this process dies
+    _die_with_parent()  # ... and this process if torchrun dies
     try:
         notebooks.execute(spec["notebook"], out, spec["parameters"], log_output=spec.get("log_output", False))
     except Exception as e:  # papermill's error carries the cell's exception name and message
-        ename, evalue = getattr(e, "ename", type(e).__name__), getattr(e, "evalue", str(e))
-        text = f"{ename}: {evalue}\n(executed copy with the failing cell: {out})\n"
+        text = describe_failure(spec["notebook"], e, out, rank=(rank, int(os.environ.get("WORLD_SIZE", "1")))) + "\n"
         fileio.write_text(logs / f"{Path(spec['output']).stem}.rank{rank}.error.txt", text)
         print(f"[rank {rank}] {text}", file=sys.stderr, flush=True)
         return 1
@@ -273,128 +435,349 @@ def _copy(src: Path, dst: Path):
         fileio.write_bytes(dst, src.read_bytes())
 
 
-def run_plan(plan: dict, nproc: int | None = None, resume=None, torchrun_args=(), log_output=False,
-             only=None, dry_run=False, nodes=None, quiet=False) -> Path:
-    """Run every chapter of `plan` in order; returns the run folder.
+# ---------------------------------------------------------------- a live run: signals, stop requests
+STOPPABLE = ("04",)   # chapters whose loop stops at a step boundary on request, saving a checkpoint
+STOP_FILE = ".stop"   # in the run folder; runs.StopRequest in every rank's kernel watches it
 
-    nodes: a `nbcore.nodes.Nodes` in a multi-node launch (node 0 owns the run folder and the
-    products of 01/02; the other nodes take them from it)."""
-    nproc = int(nproc or plan.get("nproc") or 1)
-    for ch in plan["chapters"]:  # every chapter's names and ${vars} are checked before anything runs
-        notebooks.check_names(substitute(ch["parameters"], plan["vars"]), notebooks.declared_parameters(ch["notebook"]))
-    if resume:
-        run_dir = runs.open_run(resume) if not nodes else nodes.run_folder(lambda: runs.open_run(resume))
-    elif nodes and not dry_run:
-        run_dir = nodes.run_folder(lambda: runs.new_run_dir(_slug(plan["name"])))
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM ended the launch (after the training chapter saved a checkpoint)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class _Live:
+    """What the signal handler needs to know about the launch in progress."""
+
+    def __init__(self):
+        self.signum = None        # the first SIGINT/SIGTERM received
+        self.graceful = False     # True while a chapter runs that stops on request (the training loop)
+        self.stop_file = None     # written on the first signal; the kernels' StopRequest sees it
+        self.torchrun = None      # the torchrun process of a distributed chapter
+        self.aborted = False
+
+
+_live = _Live()
+
+
+def _on_signal(signum, frame):
+    """First SIGINT/SIGTERM during training: ask every rank to stop at the next step boundary
+    (the loop then saves a checkpoint and summary.json). Elsewhere, or a second time: abort."""
+    name = signal.Signals(signum).name
+    if _live.signum is None and _live.graceful and _live.stop_file is not None:
+        _live.signum = signum
+        fileio.write_text(_live.stop_file, f"{name}\n")
+        print(f"\n[launch] {name}: training stops at the next step boundary and saves a checkpoint "
+              f"(send it again to abort at once)", file=sys.stderr, flush=True)
+        return
+    _live.signum = _live.signum or signum
+    _live.aborted = True
+    print(f"\n[launch] {name}: aborting", file=sys.stderr, flush=True)
+    if _live.torchrun is not None:
+        try:
+            os.killpg(_live.torchrun.pid, signal.SIGKILL)  # the kernels follow (they die with their parent)
+        except ProcessLookupError:
+            pass
     else:
-        run_dir = None if dry_run else runs.new_run_dir(_slug(plan["name"]))
-    record_path = (run_dir / "launch.json") if run_dir else None
-    if nodes and not nodes.is_owner and run_dir:  # node 0 keeps the record; this node notes its own part
-        record_path = run_dir / "logs" / f"launch.node{nodes.node_rank}.json"
-    record = fileio.read_json(record_path) if resume and record_path.exists() else {}
-    record.setdefault("launches", [])
-    this = {"source": plan.get("source"), "vars": plan["vars"], "nproc": nproc, "resume": bool(resume),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "chapters": []}
-    record["launches"].append(this)
+        raise KeyboardInterrupt
+
+
+class _signals:
+    """Route SIGINT and SIGTERM to `_on_signal` while a launch runs (main thread only)."""
+
+    def __enter__(self):
+        import threading
+
+        self.old = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.old[s] = signal.signal(s, _on_signal)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+        return False
+
+
+# ---------------------------------------------------------------- planning every chapter before running
+def resolve_chapters(plan: dict, nproc: int) -> list[dict]:
+    """Each chapter's final parameters and how it runs, worked out before anything runs.
+
+    Producers (01, 02) get the folder their output goes to (from their reuse key); later chapters
+    are wired to those folders. Returns [{'nb', 'cid', 'declared', 'params', ...}] in plan order.
+    """
     made = {}  # "tokenizer" / "shards" -> folder
+    steps = []
     for ch in plan["chapters"]:
         nb = notebooks.notebook_path(ch["notebook"])
         cid = chapter_id(nb.name)
         declared = notebooks.declared_parameters(nb)
         params = substitute(ch["parameters"], plan["vars"])
-        # wiring: what earlier chapters made
+        # wiring: what earlier chapters make
         if cid == "02" and "tokenizer" in declared and "tokenizer" in made and not params.get("tokenizer"):
             params["tokenizer"] = str(made["tokenizer"])
         if cid not in PRODUCERS and "name" in declared and "name" not in params:
             params["name"] = plan["name"]
         if cid in ("04", "05"):
             for name, kind in (("data_dir", "shards"), ("tokenizer", "tokenizer")):
-                if name in declared and kind in made and (not params.get(name) or nodes and not nodes.is_owner):
-                    params[name] = str(made[kind])  # another node: its own copy, not node 0's path
-            if "run_dir" in declared and run_dir is not None:
-                params["run_dir"] = str(run_dir)
-            if cid == "04" and resume and "resume" in declared:
-                params["resume"] = str(run_dir)
-                params.pop("run_dir", None)
+                if name in declared and kind in made and not params.get(name):
+                    params[name] = str(made[kind])
         notebooks.check_names(params, declared)  # a typo in the YAML fails before anything runs
-        entry = {"notebook": nb.stem, "parameters": params}
-        this["chapters"].append(entry)
-        if only and cid not in only and cid not in PRODUCERS:
-            entry["status"] = "skipped (--only)"
-            continue
-        if dry_run:
-            entry["status"] = "dry run"
-            continue
-        t0 = time.time()
+        step = {"nb": nb, "cid": cid, "declared": declared, "params": params}
         if cid in PRODUCERS:
             key = reuse_key(nb.name, params)
             label = _slug(params.get("name") or Path(str(params.get("tokenizer", "x"))).name or cid)
             folder = Path(params["out_dir"]) if params.get("out_dir") else PRODUCERS[cid]() / f"{label}-{key}"
-            kind = "tokenizer" if cid == "01" else "shards"
-            marker = folder / DONE_MARKER
-            if nodes and not nodes.is_owner:  # node 0 makes it; this node finds or receives it
-                folder, how = nodes.product(cid, DONE_MARKER, f"the {kind} of {nb.stem}")
-                entry["status"] = f"{how} from node 0: {folder}"
-                print(f"[launch] {nb.stem}: {how} node 0's {kind} ({folder})", flush=True)
-            elif marker.exists() and fileio.read_json(marker).get("key") == key:
-                entry["status"] = f"reused {folder}"
-                print(f"[launch] {nb.stem}: reusing {folder} (same parameters, key {key})", flush=True)
-            elif only and cid not in only:
-                raise LaunchError(f"--only {','.join(sorted(only))}: {nb.stem} has no finished output with these "
-                                  f"parameters ({folder}); run without --only first")
-            else:
-                params["out_dir"] = str(folder)
-                entry["parameters"] = params
-                print(f"[launch] {nb.stem} -> {folder}", flush=True)
-                _run_local(nb, folder / nb.name, params, log_output)
-                fileio.write_json(marker, {"key": key, "notebook": nb.stem, "parameters": params,
-                                           "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
-                entry["status"] = "ran"
-            made[kind] = folder
-            if nodes and nodes.is_owner:
-                nodes.publish_product(cid, folder, key)
-            if not nodes or nodes.is_owner:
-                _copy(folder / nb.name, run_dir / nb.name)
+            step.update(key=key, folder=folder, kind="tokenizer" if cid == "01" else "shards")
+            made[step["kind"]] = folder
         else:
-            n = int(ch.get("nproc", nproc)) if cid in DISTRIBUTED_CHAPTERS else 1
-            out = run_dir / nb.name
-            if out.exists():  # a resume (or a second eval) keeps the earlier record
-                k = 1
-                while (run_dir / f"{nb.stem}.resume{k}.ipynb").exists():
-                    k += 1
-                out = run_dir / f"{nb.stem}.resume{k}.ipynb"
-            if nodes:  # node 0 names the executed copy (the other nodes' folders may lack the earlier ones)
-                out = run_dir / nodes.same(f"output/{len(this['chapters'])}", out.name)
-            print(f"[launch] {nb.stem} on {n} process(es) -> {out}", flush=True)
-            printer = (progress.start_for_chapter(run_dir, {**declared, **params}, n * _num_nodes(torchrun_args), quiet)
-                       if cid == "04" else None)  # live progress lines from metrics.csv (--quiet: none)
+            step["nproc"] = int(ch.get("nproc", nproc)) if cid in DISTRIBUTED_CHAPTERS else 1
+        steps.append(step)
+    return steps
+
+
+def check_devices(steps: list[dict]) -> None:
+    """`device: cuda` on a machine without CUDA (or mps without MPS) stops before anything runs."""
+    asked = [(s["nb"].stem, str(s["params"]["device"])) for s in steps
+             if isinstance(s["params"].get("device"), str) and s["params"]["device"].split(":")[0] in ("cuda", "mps")]
+    if not asked:
+        return
+    import torch
+
+    for stem, dev in asked:
+        kind = dev.split(":")[0]
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ParameterError(f"{stem}: device={dev!r}, but torch {torch.__version__} sees no CUDA GPU on this "
+                                 f"machine (torch.cuda.is_available() is False). Use -p device auto (or cpu), "
+                                 f"or run on a machine with a GPU and a CUDA build of torch")
+        if kind == "cuda" and ":" in dev and int(dev.split(":")[1] or 0) >= torch.cuda.device_count():
+            raise ParameterError(f"{stem}: device={dev!r}, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ParameterError(f"{stem}: device={dev!r}, but Apple MPS is not available here; use -p device auto")
+
+
+def check_model_options(steps: list[dict]) -> None:
+    """04's `model_options` names and types, checked before any kernel starts."""
+    for s in steps:
+        opts = s["params"].get("model_options")
+        if s["cid"] == "04" and opts:
+            from .params import check_model_options as check
+
+            arch = s["params"].get("arch", s["declared"].get("arch", "gpt"))
             try:
-                if n > 1 or torchrun_args:
-                    run_distributed(nb, out, params, n, run_dir / "logs", torchrun_args, log_output)
-                else:
-                    _run_local(nb, out, params, log_output)
-            except Exception as e:
-                entry["status"] = f"failed: {type(e).__name__}"
-                entry["seconds"] = round(time.time() - t0, 2)
-                fileio.write_json(record_path, record)
-                if isinstance(e, LaunchError):
-                    raise
-                ename, evalue = getattr(e, "ename", type(e).__name__), getattr(e, "evalue", str(e))
-                raise LaunchError(f"{nb.name} failed: {ename}: {evalue}\n(executed copy: {out})") from None
-            finally:
-                if printer is not None:
-                    printer.stop()
-            entry["status"] = "ran"
-            entry["output"] = out.name
-            entry["processes"] = n
-        entry["seconds"] = round(time.time() - t0, 2)
-        if run_dir is not None:
-            fileio.write_json(record_path, record)
+                check(arch, opts)
+            except ParameterError as e:
+                raise ParameterError(f"{s['nb'].stem}: {e}") from None
+
+
+def _has_progress(run_dir: Path) -> bool:
+    return (run_dir / "metrics.csv").exists() or (run_dir / "checkpoints").is_dir()
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    """A new run folder that received nothing but the plan (a chapter before training failed) goes."""
+    import shutil
+
+    bookkeeping = {"launch.json", ".lock", STOP_FILE, "logs"}
+    names = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+    logs = run_dir / "logs"
+    if names <= bookkeeping and not (logs.is_dir() and any(not p.name.endswith(".spec.json") for p in logs.iterdir())):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _resume_hint(run_dir: Path) -> str:
+    return f"python -m nbcore.launch --resume {run_dir}"
+
+
+def run_plan(plan: dict, nproc: int | None = None, resume=None, torchrun_args=(), log_output=False,
+             only=None, dry_run=False, nodes=None, quiet=False) -> Path:
+    """Run every chapter of `plan` in order; returns the run folder.
+
+    nodes: a `nbcore.nodes.Nodes` in a multi-node launch (node 0 owns the run folder and the
+    products of 01/02; the other nodes take them from it). quiet: no live progress lines.
+
+    Every chapter's parameters are worked out and checked first; the run folder is then locked
+    (one launch at a time) and `launch.json` records the plan before any chapter runs, so
+    `--resume RUN` alone can continue it after any kind of stop.
+    """
+    nproc = int(nproc or plan.get("nproc") or 1)
+    for ch in plan["chapters"]:  # every chapter's names and ${vars} are checked before anything runs
+        notebooks.check_names(substitute(ch["parameters"], plan["vars"]), notebooks.declared_parameters(ch["notebook"]))
+    steps = resolve_chapters(plan, nproc)
+    check_devices(steps)
+    check_model_options(steps)
     if dry_run:
+        this = {"source": plan.get("source"), "vars": plan["vars"], "nproc": nproc, "resume": bool(resume),
+                "chapters": [{"notebook": s["nb"].stem, "parameters": s["params"], "status": "dry run"} for s in steps]}
         print(json.dumps(this, indent=2, default=str))
+        return None
+    make = (lambda: runs.open_run(resume)) if resume else (lambda: runs.new_run_dir(_slug(plan["name"])))
+    run_dir = (nodes.run_folder(make) if nodes else make()).resolve()
+    owner = not nodes or nodes.is_owner  # other nodes may share node 0's folder: node 0 alone locks it
+    try:
+        lock = runs.lock_run(run_dir) if owner else None
+    except BaseException:
+        if not resume and owner:
+            _remove_if_empty(run_dir)
+        raise
+    stop_file = run_dir / STOP_FILE
+    stop_file.unlink(missing_ok=True)  # a stop asked for in an earlier launch is not this one's
+    old_env = {k: os.environ.get(k) for k in ("NBCORE_STOP_FILE", "NBCORE_LAUNCH_WORKER")}
+    os.environ["NBCORE_STOP_FILE"] = str(stop_file)
+    os.environ["NBCORE_LAUNCH_WORKER"] = "1"  # kernels end when the process running them dies
+    _live.__init__()
+    _live.stop_file = stop_file
+    try:
+        _run_steps(steps, plan, run_dir, nproc, resume, torchrun_args, log_output, only, nodes, quiet)
+    except BaseException:
+        if not resume and owner:
+            if lock is not None:
+                lock.close()
+            _remove_if_empty(run_dir)
+        raise
+    finally:
+        _live.__init__()
+        stop_file.unlink(missing_ok=True)
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if lock is not None:
+            lock.close()
     if nodes:
         nodes.finish()
     return run_dir
+
+
+def _run_steps(steps, plan, run_dir: Path, nproc, resume, torchrun_args, log_output, only, nodes=None,
+               quiet=False) -> None:
+    record_path = run_dir / "launch.json"
+    if nodes and not nodes.is_owner:  # node 0 keeps the record; this node notes its own part
+        record_path = run_dir / "logs" / f"launch.node{nodes.node_rank}.json"
+    record = fileio.read_json(record_path) if resume and record_path.exists() else {}
+    record.setdefault("launches", [])
+    this = {"source": plan.get("source"), "vars": plan["vars"], "nproc": nproc, "resume": bool(resume),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "chapters": []}
+    record["launches"].append(this)
+    for s in steps:
+        if s["cid"] in ("04", "05") and "run_dir" in s["declared"]:
+            s["params"]["run_dir"] = str(run_dir)
+        if s["cid"] == "04" and resume and "resume" in s["declared"] and _has_progress(run_dir):
+            s["params"]["resume"] = str(run_dir)
+            s["params"].pop("run_dir", None)
+        entry = {"notebook": s["nb"].stem, "parameters": s["params"], "status": "pending"}
+        if "nproc" in s:
+            entry["processes"] = s["nproc"]
+        if only and s["cid"] not in only and s["cid"] not in PRODUCERS:
+            entry["status"] = "skipped (--only)"
+        s["entry"] = entry
+        this["chapters"].append(entry)
+    fileio.write_json(record_path, record)  # the plan is on disk before any chapter runs
+    for i, s in enumerate(steps):
+        entry = s["entry"]
+        s["index"], s["later"] = i, steps[i + 1:]
+        if entry["status"] != "pending":
+            continue
+        t0 = time.time()
+        _live.graceful = s["cid"] in STOPPABLE
+        try:
+            _run_step(s, run_dir, only, torchrun_args, log_output, nodes, quiet)
+        except BaseException as e:
+            interrupted = isinstance(e, KeyboardInterrupt) or _live.aborted
+            entry["status"] = "interrupted (aborted)" if interrupted else f"failed: {type(e).__name__}"
+            entry["seconds"] = round(time.time() - t0, 2)
+            fileio.write_json(record_path, record)
+            if interrupted:
+                name = signal.Signals(_live.signum).name if _live.signum else "SIGINT"
+                raise Interrupted(f"[launch] {name}: {s['nb'].stem} aborted; the run's last checkpoint (if any) "
+                                  f"stays. Continue with:\n  {_resume_hint(run_dir)}",
+                                  _live.signum or signal.SIGINT) from None
+            if isinstance(e, LaunchError):
+                raise
+            if isinstance(e, Exception) and hasattr(e, "ename"):  # papermill: the cell failed
+                raise LaunchError(describe_failure(s["nb"].name, e, s.get("out"))) from None
+            raise
+        finally:
+            _live.graceful = False
+        entry["seconds"] = round(time.time() - t0, 2)
+        if _live.signum is not None:  # the chapter stopped on request (and saved what it had)
+            name = signal.Signals(_live.signum).name
+            entry["status"] = f"interrupted ({name})"
+            fileio.write_json(record_path, record)
+            raise Interrupted(_interrupted_message(run_dir, name), _live.signum)
+        fileio.write_json(record_path, record)
+
+
+def _interrupted_message(run_dir: Path, name: str) -> str:
+    from . import checkpoint
+
+    last = checkpoint.latest(run_dir)
+    saved = f"checkpoint {last}" if last else "no checkpoint"
+    return (f"[launch] interrupted by {name}: {saved}; summary.json marks the run interrupted.\n"
+            f"Continue with:\n  {_resume_hint(run_dir)}")
+
+
+def _run_step(s: dict, run_dir: Path, only, torchrun_args, log_output, nodes=None, quiet=False) -> None:
+    """Run (or reuse) one chapter; its entry in launch.json gets the status."""
+    nb, cid, params, entry = s["nb"], s["cid"], s["params"], s["entry"]
+    if cid in PRODUCERS:
+        key, folder, kind = s["key"], s["folder"], s["kind"]
+        marker = folder / DONE_MARKER
+        s["out"] = folder / nb.name
+        if nodes and not nodes.is_owner:  # node 0 makes it; this node finds or receives it
+            got, how = nodes.product(cid, DONE_MARKER, f"the {kind} of {nb.stem}")
+            entry["status"] = f"{how} from node 0: {got}"
+            print(f"[launch] {nb.stem}: {how} node 0's {kind} ({got})", flush=True)
+            for later in s["later"]:  # later chapters read this node's copy, not node 0's path
+                for name in ("data_dir", "tokenizer"):
+                    if later["params"].get(name) == str(folder):
+                        later["params"][name] = str(got)
+            return
+        if marker.exists() and fileio.read_json(marker).get("key") == key:
+            entry["status"] = f"reused {folder}"
+            print(f"[launch] {nb.stem}: reusing {folder} (same parameters, key {key})", flush=True)
+        elif only and cid not in only:
+            raise LaunchError(f"--only {','.join(sorted(only))}: {nb.stem} has no finished output with these "
+                              f"parameters ({folder}); run without --only first")
+        else:
+            params["out_dir"] = str(folder)
+            print(f"[launch] {nb.stem} -> {folder}", flush=True)
+            _run_local(nb, folder / nb.name, params, log_output)
+            fileio.write_json(marker, {"key": key, "notebook": nb.stem, "parameters": params,
+                                       "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+            entry["status"] = "ran"
+        if nodes:
+            nodes.publish_product(cid, folder, key)
+        _copy(folder / nb.name, run_dir / nb.name)
+        return
+    n = s["nproc"]
+    out = run_dir / nb.name
+    if out.exists():  # a resume (or a second eval) keeps the earlier record
+        k = 1
+        while (run_dir / f"{nb.stem}.resume{k}.ipynb").exists():
+            k += 1
+        out = run_dir / f"{nb.stem}.resume{k}.ipynb"
+    if nodes:  # node 0 names the executed copy (the other nodes' folders may lack the earlier ones)
+        out = run_dir / nodes.same(f"output/{s['index']}", out.name)
+    s["out"] = out
+    print(f"[launch] {nb.stem} on {n} process(es) -> {out}", flush=True)
+    printer = (progress.start_for_chapter(run_dir, {**s["declared"], **params}, n * _num_nodes(torchrun_args), quiet)
+               if cid == "04" else None)  # live progress lines from metrics.csv (--quiet: none)
+    try:
+        if n > 1 or torchrun_args:
+            run_distributed(nb, out, params, n, run_dir / "logs", torchrun_args, log_output)
+        else:
+            _run_local(nb, out, params, log_output)
+    finally:
+        if printer is not None:
+            printer.stop()
+    entry["status"] = "ran"
+    entry["output"] = out.name
+    entry["processes"] = n
 
 
 def _num_nodes(torchrun_args) -> int:
@@ -484,8 +867,15 @@ def main(argv=None) -> int:
             if a.rdzv_id:
                 trargs += [f"--rdzv-id={a.rdzv_id}"]
         only = set(a.only.split(",")) if a.only else None
-        run_dir = run_plan(plan, nproc=a.nproc, resume=a.resume, torchrun_args=trargs, log_output=a.log_output,
-                           only=only, dry_run=a.dry_run, nodes=coord, quiet=a.quiet)
+        with _signals():
+            run_dir = run_plan(plan, nproc=a.nproc, resume=a.resume, torchrun_args=trargs,
+                               log_output=a.log_output, only=only, dry_run=a.dry_run, nodes=coord, quiet=a.quiet)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr, flush=True)
+        return 128 + int(e.signum)
+    except KeyboardInterrupt:
+        print("[launch] interrupted", file=sys.stderr, flush=True)
+        return 130
     except (LaunchError, ParameterError, FileNotFoundError, FileExistsError, ValueError, nodes_lib.NodeError) as e:
         if coord:
             coord.fail(str(e))

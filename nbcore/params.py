@@ -111,6 +111,41 @@ def check_names(given: dict, defaults: dict) -> None:
             raise unknown_error(name, defaults)
 
 
+def check_model_options(arch: str, options: dict) -> dict:
+    """`model_options` checked against the switches of `arch` in nbcore.model (names and types).
+
+    Each value must have the type of the switch's default (`{"x0_mix": "no"}` is refused, not
+    read as on; an int is fine for a float switch); switches whose default is None (derived)
+    take a number, a bool or None. Returns the options with ints made floats where meant.
+    """
+    from .model import ARCH_DEFAULTS
+
+    if not isinstance(options, dict):
+        raise ParameterError(f"model_options must be a dict of build_model switches, got {type(options).__name__}")
+    if arch not in ARCH_DEFAULTS:
+        return dict(options)
+    defaults = ARCH_DEFAULTS[arch]
+    out = {}
+    for name, value in options.items():
+        if name not in defaults:
+            hint = closest(name, defaults)
+            did = f" Did you mean {hint!r}?" if hint else ""
+            raise ParameterError(f"model_options: {name!r} is not a switch of arch={arch!r}.{did} "
+                                 f"Switches: {', '.join(defaults)}")
+        default = defaults[name]
+        if default is None:
+            if value is not None and not isinstance(value, (bool, int, float)):
+                raise ParameterError(f"model_options[{name!r}] should be a number, true/false or null "
+                                     f"(default None = derived), got {type(value).__name__} {value!r}")
+            out[name] = value
+            continue
+        try:
+            out[name] = coerce(f"model_options[{name!r}]", value, default)
+        except ParameterError as e:
+            raise ParameterError(f"{e} (the switch {name!r} of arch={arch!r} in nbcore.model)") from None
+    return out
+
+
 def require(ok: bool, message: str) -> None:
     """Range checks in notebooks: `require(D % H == 0, "model_dim must be divisible by num_heads")`."""
     if not ok:

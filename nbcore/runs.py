@@ -52,6 +52,42 @@ def open_run(run) -> Path:
     return p
 
 
+class RunLocked(FileExistsError):
+    """Another live process holds the run folder."""
+
+
+def lock_run(run_dir):
+    """Hold the run folder for this process: an exclusive `fcntl.flock` on `run_dir/.lock`.
+
+    The lock dies with the process holding it (however it ends: exit, kill -9, a crash), so it
+    is never stale. A second process asking for it is refused with the holder's pid. Returns
+    the open lock file (close it to release), or None where flock does not exist (Windows).
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    import socket
+
+    path = Path(run_dir) / ".lock"
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "a process"
+        f.close()
+        raise RunLocked(f"run folder {run_dir} is in use: {holder} is writing into it. Two processes must "
+                        f"never write one run; wait for it to end (or stop it: Ctrl-C, or kill its pid), then "
+                        f"resume") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+            f"{datetime.datetime.now().isoformat(timespec='seconds')}\n")
+    f.flush()
+    return f
+
+
 def claim_run_dir(run_dir) -> Path:
     """Use a folder the launcher made for this run; refuse one that already holds a run's record."""
     run_dir = Path(run_dir)
@@ -526,36 +562,63 @@ def peak_memory_bytes(device: str) -> int | None:
 
 
 class StopRequest:
-    """Ctrl-C (SIGINT) during the loop asks it to stop at the next step boundary.
+    """Ctrl-C (SIGINT), SIGTERM (a spot/preemptible GPU being taken back) or the launcher's stop
+    file ask the loop to stop at the next step boundary.
 
-    Use as `with runs.StopRequest() as stop: ... if stop.requested: break`. The loop then
-    saves a usable checkpoint instead of dying mid-update. A second Ctrl-C interrupts at once.
-    Outside the main thread (where signals cannot be caught) it does nothing.
+    Use as `with runs.StopRequest() as stop: ... if stop.requested: break` (checking it every
+    few steps is fine). The loop then saves a usable checkpoint instead of dying mid-update.
+    A second signal interrupts at once. The launcher, which gets the terminal's Ctrl-C and the
+    machine's SIGTERM, writes the file named by $NBCORE_STOP_FILE; every rank sees it.
+    Outside the main thread (where signals cannot be caught) only the file is watched.
     """
 
-    def __init__(self):
-        self.requested = False
-        self._old = None
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self, stop_file=None):
+        self._requested = False
+        self.reason = None  # "SIGINT", "SIGTERM" or what the stop file says
+        self.stop_file = stop_file if stop_file is not None else (os.environ.get("NBCORE_STOP_FILE") or None)
+        self._old = {}
+
+    @property
+    def requested(self) -> bool:
+        if not self._requested and self.stop_file and os.path.exists(self.stop_file):
+            self._requested = True
+            try:
+                self.reason = Path(self.stop_file).read_text().strip() or "stop file"
+            except OSError:
+                self.reason = "stop file"
+        return self._requested
+
+    @requested.setter
+    def requested(self, value: bool) -> None:
+        self._requested = bool(value)
 
     def _handler(self, signum, frame):
-        if self.requested:  # second Ctrl-C: give up at once
+        import signal
+
+        if self._requested:  # second signal: give up at once
             raise KeyboardInterrupt
-        self.requested = True
-        print("\nstop requested: finishing this step and saving a checkpoint (Ctrl-C again to abort)")
+        self._requested = True
+        self.reason = signal.Signals(signum).name
+        print(f"\n{self.reason}: finishing this step and saving a checkpoint (send it again to abort)", flush=True)
 
     def __enter__(self):
         import signal
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handler)
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self._old[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc):
         import signal
 
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
         return False
 
 
@@ -618,4 +681,4 @@ __all__ = ["METRICS_COLUMNS", "new_run_dir", "open_run", "claim_run_dir", "read_
            "versions", "git_info", "hardware_info", "peak_flops", "mfu", "estimate_cost", "write_summary",
            "snapshot_source", "estimate_memory", "activation_bytes_per_token", "memory_kwargs", "ACTIVATION_BYTES",
            "PEAK_FLOPS", "device_memory_bytes", "auto_batch_size", "fit_batch", "copy_into",
-           "is_run_dir", "peak_memory_bytes", "StopRequest", "LivePlot"]
+           "is_run_dir", "peak_memory_bytes", "StopRequest", "LivePlot", "lock_run", "RunLocked"]

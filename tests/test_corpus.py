@@ -174,3 +174,28 @@ def test_take_chars_leaves_the_next_document_in_a_shared_iterator():
     assert list(corpus.take_chars(docs, 6)) == ["abcd", "ef"]
     assert next(docs) == "ijkl"  # "efgh" was cut, nothing further was pulled
     assert list(corpus.take_chars(iter(["abc"]), 0)) == []
+
+
+def test_text_that_is_not_utf8_is_refused_with_the_offset_or_read_with_an_encoding(tmp_path):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("Caf\u00e9 au lait.\n\nNa\u00efve.".encode("latin-1"))  # 0xe9 at byte 3
+    with pytest.raises(ValueError, match=r"not utf-8 text: byte 0xe9 at byte offset 3 .*encoding='latin-1'"):
+        list(iter_corpus(f"local:{latin}"))
+    assert list(iter_corpus(f"local:{latin}", split="blank_lines", encoding="latin-1")) == ["Café au lait.", "Naïve."]
+    binary = tmp_path / "model.txt"
+    binary.write_bytes(b"PK\x03\x04" + bytes(range(256)))  # a binary renamed .txt
+    with pytest.raises(ValueError, match="byte offset"):
+        list(iter_corpus(f"local:{binary}"))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match="byte 0xe9 at byte offset 28"):
+        list(iter_corpus(f"local:{rows}"))
+
+
+def test_an_empty_file_is_reported_as_empty(tmp_path):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.txt is empty"):
+        iter_corpus(f"local:{tmp_path}/empty.txt")
+    (tmp_path / "full.txt").write_text("Some text.")
+    with pytest.warns(UserWarning, match="empty.txt is empty"):
+        assert list(iter_corpus(f"local:{tmp_path}/*.txt")) == ["Some text."]

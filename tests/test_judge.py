@@ -327,3 +327,34 @@ def test_an_answer_cut_off_mid_body_is_retried(server, pair):
         srv.close()
     first = lines(pair[1] / "judge.jsonl")[0]
     assert s["n_judgements"] == 2 and first["attempts"] == 2 and "IncompleteRead" in first["errors"][0]
+
+
+# ---------------------------------------------------------------- stale verdicts and garbage answers
+def test_regenerated_outputs_and_changed_settings_are_judged_anew(server, pair):
+    from nbcore import evaluate
+
+    base, exp = pair
+    judge.judge_runs(base, exp, cfg(server.url), workers=1)
+    n = len(server.requests)
+    assert judge.judge_runs(base, exp, cfg(server.url), workers=1)["n_judgements"] == 6
+    assert len(server.requests) == n  # same texts, same judge: every verdict reused
+    old = judge.read_generations(exp)
+    evaluate.write_generations(exp / "generations.jsonl", [  # 05 regenerated: now the baseline is better
+        {**rec, "output": "meh again"} for rec in old.values()])
+    (base / "generations.jsonl").write_text((base / "generations.jsonl").read_text().replace("meh", "GOOD"))
+    s = judge.judge_runs(base, exp, cfg(server.url), workers=1)
+    assert len(server.requests) - n == 6 and s["win_rate"] == 0.0 and s["n_judgements"] == 6
+    s = judge.judge_runs(base, exp, cfg(server.url, temperature=0.7), workers=1)
+    assert len(server.requests) - n == 12 and s["n_judgements"] == 6
+
+
+def test_a_judge_answering_garbage_is_counted_as_invalid_not_fatal(server, pair):
+    server.default = "noverdict"
+    waits = []
+    s = judge.judge_runs(*pair, cfg(server.url, invalid_retries=1), workers=2, sleep=waits.append)
+    assert s["invalid"] == 6 and s["n_judgements"] == 0 and s["win_rate"] is None
+    assert len(server.requests) == 12 and len(waits) == 6  # one quick re-ask each, then on
+    assert "6 invalid verdict(s)" in judge.format_summary(s)
+    server.default = "ok"  # a re-run asks the invalid ones again
+    s = judge.judge_runs(*pair, cfg(server.url), workers=1)
+    assert s["invalid"] == 0 and s["n_judgements"] == 6 and s["win_rate"] == 1.0

@@ -47,4 +47,4 @@ def test_notebook_02_refuses_unknown_parameter(tmp_path):
 def test_notebook_02_is_committed_without_outputs():
     assert notebooks.has_outputs(notebooks.notebook_path("02_data")) == []
     assert set(notebooks.declared_parameters("02_data")) >= {"corpus", "tokenizer", "out_dir", "shard_size",
-                                                              "num_shards", "seed", "val_fraction", "workers"}
+                                                              "num_shards", "data_seed", "val_fraction", "workers"}
