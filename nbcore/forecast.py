@@ -247,12 +247,14 @@ def forecast_run(plan: dict, card_key: str, gpus: int, price: float = 0.0, mfu: 
     n_params, fpt = model.num_params(), model.flops_per_token()
     T = int(p["seq_len"])
     kind = spec["kind"]
-    bf16 = kind == "cuda" and p.get("dtype") in ("auto", "bfloat16")
+    half = kind == "cuda" and p.get("dtype") in ("auto", "bfloat16", "float16")  # bf16, or fp16 before Ampere
     mem_gb = memory_gb or spec["memory_gb"] or ((runs.total_ram_bytes() or 0) / 1e9)
     budget = int(mem_gb * 1e9)  # datasheet GB as 10^9 bytes (conservative: "80 GB" cards report about 80 GiB)
-    mem_kw = dict(num_params=n_params, num_layers=L, model_dim=D, vocab_size=V, seq_len=T,
-                  dtype_bytes=2 if bf16 else 4, optimizer_bytes_per_param=4 if p["arch"] == "gpt" else 8,
-                  num_heads=H)
+    # the memory model 04 uses (runs.memory_kwargs); FlexAttention keeps no dense masks, which it runs on
+    # Ampere and later; cards without bf16 (T4, V100) run SDPA with dense masks, as 04 chooses (nbcore.precision)
+    flex = kind == "cuda" and "no bf16" not in spec.get("note", "")
+    mem_kw = dict(runs.memory_kwargs(model, dense_masks=None if kind != "cuda" else not flex),
+                  dtype_bytes=2 if half else 4)
     out = {"run": plan["name"], "card": card_key, "gpus": gpus, "num_params": n_params, "flops_per_token": fpt,
            "vocab_size": V, "vocab_from": v_from, "L": L, "H": H, "D": D, "T": T}
     if p["batch_size"] == "auto":
