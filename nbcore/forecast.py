@@ -248,8 +248,8 @@ def forecast_run(plan: dict, card_key: str, gpus: int, price: float = 0.0, mfu: 
     T = int(p["seq_len"])
     kind = spec["kind"]
     half = kind == "cuda" and p.get("dtype") in ("auto", "bfloat16", "float16")  # bf16, or fp16 before Ampere
-    mem_gb = memory_gb or spec["memory_gb"] or ((runs.total_ram_bytes() or 0) / 1e9)
-    budget = int(mem_gb * 1e9)  # datasheet GB as 10^9 bytes (conservative: "80 GB" cards report about 80 GiB)
+    mem_gb = memory_gb or spec["memory_gb"] or ((runs.total_ram_bytes() or 0) / (0.995 * 2**30))
+    budget = int(mem_gb * 0.995 * 2**30)  # the datasheet's "80 GB" HBM is what torch reports as ~79.6 GiB
     # the memory model 04 uses (runs.memory_kwargs); FlexAttention keeps no dense masks, which it runs on
     # Ampere and later; cards without bf16 (T4, V100) run SDPA with dense masks, as 04 chooses (nbcore.precision)
     flex = kind == "cuda" and "no bf16" not in spec.get("note", "")
@@ -363,7 +363,7 @@ def format_forecast(f: dict) -> str:
     lines += [head, "-" * len(head)]
     for r in runs_:
         fit = "fits" if r["fits"] else "DOES NOT FIT"
-        memtxt = f"{fit} B={r['batch_size']} {r['memory_bytes'] / 1e9:.2f}/{r['memory_budget_bytes'] / 1e9:.0f} GB"
+        memtxt = f"{fit} B={r['batch_size']} {r['memory_bytes'] / 2**30:.2f}/{r['memory_budget_bytes'] / 2**30:.1f} GiB"
         lines.append(f"{r['run'][:34]:34s} {_si(r['num_params']):>7s} {_si(r['tokens'], 'tok'):>7s} "
                      f"{r['train_flops']:8.2e} {memtxt:>24s} {_dur(r['seconds']):>9s} {r['dollars']:9.2f}")
     t = f["total"]
