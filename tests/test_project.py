@@ -73,3 +73,20 @@ def test_makefile_has_the_two_readme_commands():
     assert re.search(r"^demo:", make, re.M) and re.search(r"^test:", make, re.M)
     readme = (REPO / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
+
+
+@pytest.mark.parametrize("nb", sorted((REPO / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_parameters_cell_parses_for_papermill_without_warnings(nb, caplog):
+    """papermill reads each parameter line's comment as its help; a line it cannot parse (an `=` inside
+    the comment) prints 'Unable to parse line ...' in the user's terminal at every launch."""
+    import logging
+
+    import nbformat
+    from papermill.translators import PythonTranslator
+
+    cell = next(c for c in json.loads(nb.read_text())["cells"] if "parameters" in c["metadata"].get("tags", []))
+    src = "".join(cell["source"])
+    with caplog.at_level(logging.WARNING):
+        found = PythonTranslator.inspect(nbformat.v4.new_code_cell(src))
+    assert not [r.getMessage() for r in caplog.records if "Unable to parse" in r.getMessage()]
+    assert {p.name for p in found} - {"defaults"} == set(notebooks.declared_parameters(nb))
