@@ -179,6 +179,7 @@ ROUTES = {
     "vocab_size": ("01",),        # 01: 256 bytes + merges; 04/03: embedding rows (0 = the tokenizer's)
     "device": ("04", "05"),       # the model's device; 01's is the BPE trainer's (cpu | cuda)
     "val_tokens": ("04", "05"),   # tokens scored per evaluation; 02's is the size of the val shard
+    "val_batch_size": ("04", "05"),  # rows per validation forward (0: each chapter's own default)
     "out_dir": (),                # each producer's own folder: qualify it (01.out_dir, 02.out_dir)
 }
 SAME_MEANING = {"corpus", "encoding", "workers", "tokenizer", "seed", "num_layers", "num_heads", "model_dim", "seq_len",
@@ -663,10 +664,13 @@ def _run_steps(steps, plan, run_dir: Path, nproc, resume, torchrun_args, log_out
     this = {"source": plan.get("source"), "vars": plan["vars"], "nproc": nproc, "resume": bool(resume),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "chapters": []}
     record["launches"].append(this)
+    has_progress = bool(resume) and _has_progress(run_dir)
+    if nodes and resume:  # node 0's folder decides for every node (the others may have no checkpoint)
+        has_progress = nodes.same("has_progress", has_progress)
     for s in steps:
         if s["cid"] in ("04", "05") and "run_dir" in s["declared"]:
             s["params"]["run_dir"] = str(run_dir)
-        if s["cid"] == "04" and resume and "resume" in s["declared"] and _has_progress(run_dir):
+        if s["cid"] == "04" and has_progress and "resume" in s["declared"]:
             s["params"]["resume"] = str(run_dir)
             s["params"].pop("run_dir", None)
         entry = {"notebook": s["nb"].stem, "parameters": s["params"], "status": "pending"}

@@ -102,6 +102,11 @@ def training_bar(num_steps: int, max_seconds: float, step: int = 0, seconds=None
             self.set_postfix_str(f"step {self._steps}", refresh=False)
             return super().update(min(float(seconds()), self.total) - self.n)
 
+        def close(self):  # the training seconds grow at sync points: show the last value before closing
+            if not self.disable and getattr(self, "_steps", None) is not None:
+                super().update(min(float(seconds()), self.total) - self.n)
+            return super().close()
+
     bar = _TimeBar(total=float(max_seconds), initial=min(float(seconds()), float(max_seconds)), unit="s",
                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]", **tqdm_kwargs)
     bar._steps = step

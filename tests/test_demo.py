@@ -30,7 +30,8 @@ def test_demo_runs_two_seeds_per_arm_and_compares_them_all(monkeypatch, runs_dir
     names = [p["name"] for p in plans]
     assert names == ["demo-base-t-s0", "demo-nox0-t-s0", "demo-base-t-s1", "demo-nox0-t-s1"]
     for p in plans:
-        seeds = {ch["notebook"]: ch["parameters"].get("seed") for ch in p["chapters"]}
+        seeds = {ch["notebook"]: ch["parameters"].get("seed", ch["parameters"].get("data_seed"))
+                 for ch in p["chapters"]}
         assert seeds["04_train"] == int(p["name"][-1]) and seeds["02_data"] == 0  # the shards stay shared
         train = [ch["parameters"] for ch in p["chapters"] if ch["notebook"] == "04_train"][0]
         assert train["max_seconds"] == 5 and train.get("model_options", {}) == (

@@ -104,10 +104,10 @@ def test_cuda_path_training_and_scoring_on_cpu(tmp_path, tiny_data, runs_dir, mo
     def count_loop(ns):  # before the loop cell: count host reads per step, validation apart
         validate = ns["validate"]
 
-        def counted_validate(window):
+        def counted_validate(window, *args, **kw):
             state["phase"] = "val"
             try:
-                return validate(window)
+                return validate(window, *args, **kw)
             finally:
                 state["phase"] = "train"
         ns["validate"] = counted_validate
