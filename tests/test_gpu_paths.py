@@ -11,6 +11,7 @@ the parameters cell), so the test can count what the program does: Dynamo compil
 entries (issue 12, item 3) and host reads per training step (item 4).
 """
 import contextlib
+import dataclasses
 import json
 from pathlib import Path
 
@@ -88,6 +89,11 @@ def test_cuda_path_training_and_scoring_on_cpu(tmp_path, tiny_data, runs_dir, mo
                         ("get_device_name", lambda *a, **k: "NVIDIA H100 80GB HBM3"),
                         ("get_device_capability", lambda *a, **k: (9, 0))):
         monkeypatch.setattr(torch.cuda, name, value)
+    # what 04 chooses on an H100 (flex, compiled blocks), computing in float32 on this CPU
+    from nbcore import precision
+    monkeypatch.setattr(precision, "for_device", lambda device, requested="auto": dataclasses.replace(
+        precision.choose((9, 0), "NVIDIA H100 80GB HBM3", "auto", device_type="cuda"), dtype="float32",
+        grad_scaler=False))
     real_build = optim.build_optimizers  # on CUDA, Adam is fused (no host read of its step count)
     monkeypatch.setattr(optim, "build_optimizers", lambda *a, **k: real_build(*a, **dict(k, fused=True)))
     torch._dynamo.reset()
@@ -142,7 +148,8 @@ def test_cuda_path_training_and_scoring_on_cpu(tmp_path, tiny_data, runs_dir, mo
     for n_ctx in (5, 9, 14, 20, 27, 33, 41, 50, 64, 90):
         ctx = torch.randint(1, 300, (n_ctx,), generator=g).tolist()
         ends = [torch.randint(1, 300, (1 + (n_ctx + j) % 7,), generator=g).tolist() for j in range(3)]
-        items.append(evaluate.EncodedItem(rows=[ctx + e for e in ends], starts=[n_ctx] * 3, label=0))
+        items.append(evaluate.EncodedItem(rows=[ctx + e for e in ends], starts=[n_ctx] * 3, label=0,
+                                          chars=[len(e) for e in ends], n_bytes=[len(e) for e in ends]))
     batched = evaluate.score_items(model, items, pad_id=0, shared_context=False)
     shared = evaluate.score_items(model, items, pad_id=0)
     one = evaluate.score_items_one_at_a_time(model, items)

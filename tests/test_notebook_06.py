@@ -59,7 +59,7 @@ def test_06_compare_headless_writes_tables_figures_paper_and_judge(runs_dir, tmp
     assert rec["groups"]["muon"] == ["20260101_110000_muon_seed0", "20260101_110001_muon_seed1"]
     executed = nbformat.read(out, as_version=4)
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "nothing selected: taking every run" in text and "by hand: t =" in text and "scipy.stats.ttest_ind" in text
+    assert "nothing selected: taking 4 runs" in text and "by hand: t =" in text and "scipy.stats.ttest_ind" in text
     assert "bootstrap 95%" in text and "Hedges' g" in text and "difference plot: diff_val_bpb.pdf" in text
     assert "diff_val_bpb.pdf" in tex
 
