@@ -55,7 +55,7 @@ class Nodes:
         key, failed = self._key(name), self._key("failed")
         deadline, said = time.time() + WAIT_HOURS * 3600, False
         while not self.store.check([key]):
-            if self.store.check([failed]):
+            if self.store.check([failed]) and not self.store.check([key]):  # it may have come just before
                 raise NodeError(f"node {self.node_rank}: node 0 failed before it had {what}: "
                                 f"{json.loads(self.store.get(failed))}")
             if time.time() > deadline:

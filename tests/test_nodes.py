@@ -124,6 +124,32 @@ def test_node0_owns_the_run_folder_and_products(tmp_path, monkeypatch):
     assert "node 0 failed" in got["error"] and "disk full" in got["error"]
 
 
+def test_what_node0_published_before_it_failed_still_arrives(monkeypatch):
+    """Node 0 publishes the run folder and then fails, both between two looks of a waiting node:
+    the waiting node gets the run folder (the failure stops it at the next thing it waits for)."""
+    owner, other = _store_pair()
+    real = other.store
+
+    class FirstLookMissesIt:  # the first look at the run folder comes before node 0 publishes anything
+        looks = 0
+
+        def check(self, keys):
+            self.looks += 1
+            if self.looks == 1:
+                owner.publish("run_dir", {"name": "r", "absolute": "/x/r"})
+                owner.fail("02_data failed: disk full")
+                return False
+            return real.check(keys)
+
+        def get(self, key):
+            return real.get(key)
+
+    other.store = FirstLookMissesIt()
+    assert other.wait_for("run_dir", "the run folder") == {"name": "r", "absolute": "/x/r"}
+    with pytest.raises(nodes.NodeError, match="disk full"):
+        other.wait_for("plan", "the parameter set")
+
+
 def test_a_product_too_big_to_send_says_what_to_do(tmp_path, monkeypatch):
     owner, other = _store_pair()
     monkeypatch.setattr(nodes.paths, "runs_dir", lambda: tmp_path / "n1")
