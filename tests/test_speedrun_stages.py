@@ -7,6 +7,8 @@
 - the batch-size schedule by stage (`batch_stages`, the 2026 records' 8 -> 16 -> 24): stage boundaries,
   the loader's rows per step, a state round trip at a later stage, and the recompiles a new B costs.
 """
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -254,3 +256,21 @@ def test_speedrun_sets_turn_the_new_switches_on_only_where_their_record_does():
     assert p["batch_stages"] == [8, 16, 24] and p["seq_len"] == 2048 and int(p["batch_size"]) == 24
     assert len(p["batch_stages"]) == len(p["window_stages"])
     assert p["adam_weight_decay"] > 0
+
+
+def test_forecast_counts_the_tokens_of_each_batch_stage():
+    from nbcore import forecast
+
+    plan = launch.load_plan(paths.PARAMS_DIR / "speedrun_2026_8xh100.yaml")
+    r = forecast.forecast_run(plan, "H100-SXM", 8, rows=[])
+    assert r["batch_size"] == 24 and r["batch_from"] == "batch_stages" and r["tokens_per_step"] == 8 * 24 * 2048
+    assert r["steps"] == 1770 and r["tokens"] == 590 * (8 + 16 + 24) * 8 * 2048  # three stages of 590 steps
+    assert "(the largest batch stage)" in forecast.format_forecast(forecast.forecast(
+        paths.PARAMS_DIR / "speedrun_2026_8xh100.yaml", "H100", gpus=8))
+    # under a time budget each stage runs a third of it: more, smaller steps early, the same tokens per second
+    timed = forecast.forecast_run(launch.apply_overrides(plan, {"num_steps": 0, "max_seconds": 300.0}),
+                                  "H100-SXM", 8, rows=[])
+    per_s = 989e12 * 0.35 * 8 / r["flops_per_token"]
+    stage_steps = [math.ceil(100 * per_s / (8 * b * 2048)) for b in (8, 16, 24)]
+    assert timed["stops_by"] == "max_seconds" and timed["steps"] == sum(stage_steps)
+    assert timed["tokens"] == sum(n * 8 * b * 2048 for n, b in zip(stage_steps, (8, 16, 24)))
