@@ -18,14 +18,14 @@ text rather than one passage. With `flat=True` each rank gets its B rows as one
 sequence, shape (1, B*T), for document-masked attention: there a block's rows stay
 contiguous (the sequence is a stretch of the token stream) and the blocks are shuffled.
 Batch k depends only on (seed, k) and the files: a resumed run (`load_state_dict`)
-sees exactly the tokens it would have seen.
+sees exactly the tokens it would have seen. When every shard is used up the next
+epoch starts (logged), reshuffled. `shuffle=False`: offset 0, contiguous rows, file order.
 
 A batch-size schedule (04's `batch_stages`): build the loader with the largest B and ask
 `next_batch(b)` for b <= B rows per rank. The shard's blocks are cut for the largest B; a global batch
 of world_size*b rows takes the next rows of that order (rank r its rows [r*b, (r+1)*b)), so the position
 is kept in rows and a resumed run continues with the same rows whatever b each step used. With b = B
-at every step this is exactly the unscheduled order. When every shard is used up the next
-epoch starts (logged), reshuffled. `shuffle=False`: offset 0, contiguous rows, file order.
+at every step this is exactly the unscheduled order.
 
 Layouts (`layout`), which parameter set uses which is said in its YAML:
 - "rows" (default, all presets but the speedrun): the rows above.
