@@ -77,15 +77,20 @@ def document_ids(idx: torch.Tensor, eot_id: int | None, start: torch.Tensor | No
     return docs if start is None else docs + start[:, None]
 
 
-def mask_rule(docs: torch.Tensor | None = None, window=None):
+def mask_rule(docs: torch.Tensor | None = None, window=None, block: int = 0):
     """The attention rule as a FlexAttention mask_mod: causal, within `window`, same document.
 
     docs (B, Tk) document ids or None; window: int, 0-d tensor, or None for no window.
     A tensor window keeps compiled kernels from recompiling as the window grows in training.
+    block > 0: the window is whole blocks of `block` tokens, as the Jan-2025 records' block masks:
+    a query in block q // block sees the keys of the last window // block blocks, its own included
+    (q // block - kv // block < window // block), so it sees between (n-1)·block+1 and n·block keys.
     """
     def mask_mod(b, h, q_idx, kv_idx):
         ok = q_idx >= kv_idx
-        if window is not None:
+        if window is not None and block:
+            ok = ok & (q_idx // block - kv_idx // block < window // block)
+        elif window is not None:
             ok = ok & (q_idx - kv_idx < window)
         if docs is not None:
             ok = ok & (docs[b, q_idx] == docs[b, kv_idx])

@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import fileio, launch, notebooks, runs
+from . import fileio, launch, notebooks, optim, runs
 
 TABLE = Path(__file__).with_name("throughput.json")
 DEFAULT_MFU = 0.35
@@ -257,7 +257,10 @@ def forecast_run(plan: dict, card_key: str, gpus: int, price: float = 0.0, mfu: 
                   dtype_bytes=2 if half else 4)
     out = {"run": plan["name"], "card": card_key, "gpus": gpus, "num_params": n_params, "flops_per_token": fpt,
            "vocab_size": V, "vocab_from": v_from, "L": L, "H": H, "D": D, "T": T}
-    if p["batch_size"] == "auto":
+    stages = [int(b) for b in p.get("batch_stages") or []]  # 04: B by stage, sized for the largest
+    if stages:
+        B, out["batch_from"] = max(stages), "batch_stages"
+    elif p["batch_size"] == "auto":
         try:
             B = runs.auto_batch_size(budget, max_batch=1024 if kind == "cuda" else 32, **mem_kw)
             out["batch_from"] = "auto"
@@ -269,7 +272,7 @@ def forecast_run(plan: dict, card_key: str, gpus: int, price: float = 0.0, mfu: 
     out.update(batch_size=B, memory_bytes=need, memory_budget_bytes=budget,
                fits=bool(need <= MEMORY_FRACTION * budget) if budget else None)
     world = gpus * nodes  # data parallel over every GPU of every node (scaling assumed linear)
-    tokens_per_step = world * int(p["grad_accum"]) * B * T
+    tokens_per_step = world * int(p["grad_accum"]) * B * T  # (the largest stage's, with batch_stages)
     # the rate: measured for this card, else peak x MFU
     row = measured_rate(card_key, n_params, rows)
     if row is not None and mfu is None:
@@ -290,12 +293,18 @@ def forecast_run(plan: dict, card_key: str, gpus: int, price: float = 0.0, mfu: 
     tokens_per_s = rate * world / fpt
     # the loop checks before each step: it stops at num_steps, or at the first step that ends past max_seconds
     n_steps, secs = int(p["num_steps"] or 0), float(p["max_seconds"] or 0.0)
-    by_time = max(1, math.ceil(secs * tokens_per_s / tokens_per_step)) if secs else None
+    step_tokens = [tokens_per_step * b // B for b in stages or [B]]  # per stage, equal fractions of training
+    stage_steps = [math.ceil(secs / len(step_tokens) * tokens_per_s / t) for t in step_tokens]
+    by_time = max(1, sum(stage_steps)) if secs else None
     if n_steps and (by_time is None or n_steps <= by_time):
         steps, out["stops_by"] = n_steps, "num_steps"
     else:
         steps, out["stops_by"] = by_time, "max_seconds"
     tokens = steps * tokens_per_step
+    if stages and out["stops_by"] == "num_steps":  # the loop's stage of each step: progress = step / num_steps
+        tokens = sum(tokens_per_step * optim.batch_size_at(s / steps, stages, B) // B for s in range(steps))
+    elif stages:  # each stage runs for an equal share of max_seconds
+        tokens = sum(n * t for n, t in zip(stage_steps, step_tokens))
     out.update(steps=steps, tokens=tokens, tokens_per_step=tokens_per_step, train_flops=tokens * fpt)
     out["train_seconds"] = tokens / tokens_per_s
     n_val = 2 + (steps // int(p["val_interval"]) if p["val_interval"] else 0)
@@ -374,7 +383,8 @@ def format_forecast(f: dict) -> str:
     r0 = runs_[0]
     lines.append(f"per run: L={r0['L']} H={r0['H']} D={r0['D']} T={r0['T']} V={r0['vocab_size']} ({r0['vocab_from']}); "
                  f"{r0['flops_per_token']:,} training FLOPs per token; B per GPU {r0['batch_from']}; "
-                 f"stops by {r0['stops_by']} after {r0['steps']:,} steps of {r0['tokens_per_step']:,} tokens")
+                 f"stops by {r0['stops_by']} after {r0['steps']:,} steps of {r0['tokens_per_step']:,} tokens"
+                 + (" (the largest batch stage)" if r0.get("batch_from") == "batch_stages" else ""))
     lines.append(f"time = training {_dur(r0['train_seconds'])} + validation {_dur(r0['val_seconds'])} "
                  f"({r0['val_evals']:,} x {r0['val_tokens']:,} tokens"
                  + (", val_tokens=0: the whole split, assumed" if r0["val_tokens"] == WHOLE_VAL_TOKENS else "")

@@ -21,6 +21,12 @@ Batch k depends only on (seed, k) and the files: a resumed run (`load_state_dict
 sees exactly the tokens it would have seen. When every shard is used up the next
 epoch starts (logged), reshuffled. `shuffle=False`: offset 0, contiguous rows, file order.
 
+A batch-size schedule (04's `batch_stages`): build the loader with the largest B and ask
+`next_batch(b)` for b <= B rows per rank. The shard's blocks are cut for the largest B; a global batch
+of world_size*b rows takes the next rows of that order (rank r its rows [r*b, (r+1)*b)), so the position
+is kept in rows and a resumed run continues with the same rows whatever b each step used. With b = B
+at every step this is exactly the unscheduled order.
+
 Layouts (`layout`), which parameter set uses which is said in its YAML:
 - "rows" (default, all presets but the speedrun): the rows above.
 - "stream": the Modded-NanoGPT records' (speedrun_8xh100): the shards in file order, read as one
@@ -162,7 +168,7 @@ class TokenLoader:
         self.step = 0  # global batches served
         self.epoch = 0
         self._shard_pos = 0  # index into this epoch's shard order
-        self._block_pos = 0  # index into the current shard's block order
+        self._row_pos = 0  # rows of the current shard's block order served (whole blocks without a schedule)
         self._cache = (None, None, None)  # (file index, tokens, row starts at offset 0)
         self._order_cache = (None, None)  # ((epoch, file index), blocks of this shard visit)
         self._epoch_batches = 0
@@ -224,8 +230,10 @@ class TokenLoader:
             self._order_cache = (key, blocks)
         return tokens, self._order_cache[1]
 
-    def _next_block(self):
-        """(tokens, row starts of the next global batch (rows,)), advancing the position."""
+    def _next_block(self, rows=None):
+        """(tokens, row starts of the next global batch (rows,)), advancing the position.
+        rows: world_size * b for a smaller batch b (the next rows of the blocks' order); None = a block."""
+        rows = rows or self.rows
         while True:
             order = self._shard_order(self.epoch)
             if self._shard_pos >= len(order):
@@ -233,27 +241,32 @@ class TokenLoader:
                     raise ValueError(f"no train shard holds one global batch of {self.rows} document-aligned "
                                      f"rows of {self.T + 1} tokens; lower batch_size or seq_len")
                 self.epoch += 1
-                self._shard_pos = self._block_pos = self._epoch_batches = 0
+                self._shard_pos = self._row_pos = self._epoch_batches = 0
                 if self.verbose and self.rank == 0:
                     print(f"loader: epoch {self.epoch} begins at step {self.step} "
                           f"(all {len(self.files)} train shard(s) used; reshuffled)")
                 continue
             fi = int(order[self._shard_pos])
             tokens, blocks = self._blocks(self.epoch, fi)
-            if self._block_pos >= len(blocks):
+            if self._row_pos + rows > blocks.size:  # (the rows left after the last whole batch are skipped)
                 self._shard_pos += 1
-                self._block_pos = 0
+                self._row_pos = 0
                 continue
-            block = blocks[self._block_pos]
-            self._block_pos += 1
+            block = blocks.reshape(-1)[self._row_pos:self._row_pos + rows]
+            self._row_pos += rows
             self._epoch_batches += 1
             return tokens, block
 
     # -------------------------------------------------------------- batches
-    def next_batch(self):
-        """(x, y): int64 tensors (B, T) for this rank (or (1, B*T) when flat); y is x shifted by one."""
-        tokens, starts = self._next_block()
-        mine = starts[self.rank * self.B:(self.rank + 1) * self.B]  # (B,)
+    def next_batch(self, batch_size: int | None = None):
+        """(x, y): int64 tensors (B, T) for this rank (or (1, B*T) when flat); y is x shifted by one.
+        batch_size: this step's b <= B rows per rank (a batch-size schedule); None = B."""
+        b = self.B if batch_size is None else int(batch_size)
+        if not 1 <= b <= self.B:
+            raise ValueError(f"next_batch({batch_size}): a step can take 1 to {self.B} rows per rank (the B this "
+                             f"loader was built with; build it with the largest B of the schedule)")
+        tokens, starts = self._next_block(self.world_size * b)
+        mine = starts[self.rank * b:(self.rank + 1) * b]  # (b,)
         buf = np.asarray(tokens[mine[:, None] + np.arange(self.T + 1)], dtype=np.int64)  # (B, T+1)
         x, y = buf[:, :-1], buf[:, 1:]
         if self.flat:
@@ -268,7 +281,8 @@ class TokenLoader:
     # -------------------------------------------------------------- resume
     def state_dict(self) -> dict:
         """The position, so that `load_state_dict` continues with exactly the next batch."""
-        return {"step": self.step, "epoch": self.epoch, "shard_pos": self._shard_pos, "block_pos": self._block_pos,
+        return {"step": self.step, "epoch": self.epoch, "shard_pos": self._shard_pos,
+                "block_pos": self._row_pos // self.rows, "row_pos": self._row_pos,
                 "epoch_batches": self._epoch_batches, "seed": self.seed, "rows": self.rows, "seq_len": self.T,
                 "align_to_docs": self.align_to_docs, "shuffle": self.shuffle, "layout": self.layout,
                 "files": [f.name for f in self.files]}
@@ -284,7 +298,8 @@ class TokenLoader:
                                  f"{mine[key]!r}; resume with the same data and global batch "
                                  f"(world_size*batch_size rows of seq_len)")
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
-        self._shard_pos, self._block_pos = int(state["shard_pos"]), int(state["block_pos"])
+        self._shard_pos = int(state["shard_pos"])
+        self._row_pos = int(state.get("row_pos", int(state["block_pos"]) * self.rows))  # states before row_pos
         self._epoch_batches = int(state.get("epoch_batches", 0))
 
 

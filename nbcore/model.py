@@ -60,6 +60,8 @@ GPT_DEFAULTS = {
     "attn_off_layers": (),     # layer indices with no attention at all, MLP only (record: (7,))
     "v_lambda": False,         # layers without a value embedding scale v by a learned lambda (record: True)
     "max_seq_len": None,       # longest sequence accepted (rotary tables); None = seq_len (record: 4x64K for val)
+    "window_blocks": 0,        # > 0: windows in whole blocks of this many tokens, short = max(1, long blocks // 2)
+                               #   blocks (record: 128, its block masks); 0 = token-exact windows
     # The 2025-26 records' tricks, off here (speedrun_2026_8xh100.yaml turns them on). Training progress
     # reaches the model through set_progress(progress), which 04 calls once per step.
     "mtp_tokens": 1,           # multi-token prediction: each position also scores the next mtp_tokens-1 targets,
@@ -630,6 +632,10 @@ class GPT(LanguageModel):
         if not 1 <= cfg["window_short"] <= cfg["window_long"]:
             raise ModelConfigError(f"need 1 <= window_short <= window_long, got {cfg['window_short']} "
                                    f"and {cfg['window_long']}")
+        blk = cfg["window_blocks"]
+        if isinstance(blk, bool) or not isinstance(blk, int) or blk < 0:
+            raise ModelConfigError(f"window_blocks must be an int >= 0 (tokens per block, the record's 128; "
+                                   f"0 = token-exact windows), got {blk!r}")
         if cfg["vocab_multiple"] < 1:
             raise ModelConfigError(f"vocab_multiple must be >= 1, got {cfg['vocab_multiple']}")
         if cfg["tie_embeddings"] and cfg["vocab_multiple"] != 1:
@@ -715,12 +721,17 @@ class GPT(LanguageModel):
         """(long, short) window sizes in tokens for this step, or (None, None) without windows.
 
         window: the current long window (training grows it); short layers keep the configured
-        window_short : window_long ratio."""
+        window_short : window_long ratio. With window_blocks (the record's rule): long = n whole
+        blocks, n = max(1, window // block), and short = max(1, n // 2) blocks."""
         if not self.config["sliding_window"]:
             return None, None
         long = int(window or self.config["window_long"])
         if long < 1:
             raise ValueError(f"window must be >= 1 token, got {window}")
+        blk = self.config["window_blocks"]
+        if blk:
+            n = max(1, long // blk)
+            return n * blk, max(1, n // 2) * blk
         short = max(1, round(long * self.config["window_short"] / self.config["window_long"]))
         return long, short
 
@@ -757,25 +768,26 @@ class GPT(LanguageModel):
         B, T = idx.shape
         long, short = self.windows(window)
         eot = self.config["eot_id"]
+        blk = self.config["window_blocks"]  # window_blocks: block-granular windows (mask_rule's block)
         if cache is not None:  # decoding: new queries over cached + new keys, dense masks
             start = cache.docs[:, -1] if cache.docs is not None else None
             new_docs = document_ids(idx, eot, start)
             if eot is not None:
                 cache.docs = new_docs if cache.docs is None else torch.cat([cache.docs, new_docs], dim=1)
             Tk = cache.length + T
-            make = lambda w: dense_mask(mask_rule(cache.docs, w), B, T, Tk, idx.device, q_offset=cache.length)
+            make = lambda w: dense_mask(mask_rule(cache.docs, w, blk), B, T, Tk, idx.device, q_offset=cache.length)
         else:
             docs = document_ids(idx, eot)
             if docs is not None and self.config["attn_backend"] != "flex" and idx.device.type != "cuda" \
                     and not bool((idx[:, 1:] == eot).any()):
                 docs = None  # no row crosses a document boundary: plain causal masking (SDPA's causal kernel)
             if self.config["attn_backend"] == "flex" and (self.compiled_shape(idx) or not self.flex_compiled):
-                make = lambda w: block_mask(mask_rule(docs, self.window_tensor(w, idx.device)),
+                make = lambda w: block_mask(mask_rule(docs, self.window_tensor(w, idx.device), blk),
                                             B if docs is not None else None, T, idx.device)
             elif docs is None and all(w is None or w >= T for w in (long, short)):
                 make = lambda w: "causal"  # nothing beyond causality: SDPA's causal kernel
             else:
-                make = lambda w: dense_mask(mask_rule(docs, w), B, T, T, idx.device)
+                make = lambda w: dense_mask(mask_rule(docs, w, blk), B, T, T, idx.device)
         masks = {w: make(w) for w in {long, short}}
         return [masks[long if is_long else short] for is_long in self.long_layers]
 
@@ -851,8 +863,9 @@ class GPT(LanguageModel):
         scalars = [p for p in self.parameters() if id(p) not in taken]
         return self.check_groups([
             {"name": "hidden_matrices", "optimizer": "muon", "params": hidden, "weight_decay": True, "splits": splits},
-            {"name": "embed", "optimizer": "adam", "params": embed, "weight_decay": False},
-            {"name": "head", "optimizer": "adam", "params": head, "weight_decay": False},
+            # embed, head: build_optimizers' adam_weight_decay (0 by default; the records decay them, not scalars)
+            {"name": "embed", "optimizer": "adam", "params": embed, "weight_decay": True},
+            {"name": "head", "optimizer": "adam", "params": head, "weight_decay": True},
             {"name": "scalars", "optimizer": "adam", "params": scalars, "weight_decay": False},
         ])
 

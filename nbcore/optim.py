@@ -9,7 +9,8 @@
   one learning rate per group name (the speedrun's groupings for `gpt`, AdamW for baselines).
 - Schedules as plain functions of progress in [0, 1] or of the step: `lr_factor`
   (stable, then linear decay), `muon_momentum` (warm-up 0.85 -> 0.95), `window_size`
-  (sliding-window warm-up), and `apply_schedules` to write them into the optimisers.
+  (sliding-window warm-up), `batch_size_at` (batch by stage), and `apply_schedules` to write
+  them into the optimisers. `DecoupledAdam`: Adam with (cautious) decoupled weight decay.
 """
 import math
 
@@ -243,6 +244,42 @@ class Muon(torch.optim.Optimizer):
         return loss
 
 
+class DecoupledAdam(torch.optim.Adam):
+    """Adam with decoupled weight decay, optionally cautious (the 2025-12-18 record, "Cautious WD on Adam").
+
+    Per step, with u the Adam step torch.optim.Adam takes (lr · m̂ / (sqrt(v̂) + eps)) and each group's
+    `weight_decay` wd:
+        W <- W - u - lr * wd * mask * W,   mask = [u · W >= 0] if cautious else 1
+    (cautious: decay only the weights the step already moves towards zero; not cautious: AdamW's decay).
+    torch's own (L2, gradient-coupled) weight decay is not used; its fused/foreach kernels do the Adam
+    step, then the decay is applied from a copy of the weights before it (so u = W_before - W_after).
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, cautious=False, fused=None):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
+        self.cautious = bool(cautious)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        decays = [g["weight_decay"] for g in self.param_groups]
+        before = [[p.detach().clone() if wd and p.grad is not None else None for p in g["params"]]
+                  for g, wd in zip(self.param_groups, decays)]
+        for g in self.param_groups:
+            g["weight_decay"] = 0.0  # the Adam step alone
+        try:
+            loss = super().step(closure)
+        finally:
+            for g, wd in zip(self.param_groups, decays):
+                g["weight_decay"] = wd
+        for g, wd, olds in zip(self.param_groups, decays, before):
+            for p, w0 in zip(g["params"], olds):
+                if w0 is None:
+                    continue
+                decay = w0 * ((w0 - p) * w0 >= 0) if self.cautious else w0  # (W_before - W_after) = u
+                p.sub_(decay, alpha=g["lr"] * wd)
+        return loss
+
+
 # ---------------------------------------------------------------- building from model groups
 def default_lrs(arch: str) -> dict:
     """{group name: learning rate} the chapters start from for each arch."""
@@ -256,7 +293,7 @@ def build_optimizers(groups, lrs: dict, *, adam_betas=SPEEDRUN_ADAM_BETAS, adam_
                      muon_weight_decay=0.0, adam_weight_decay=0.0, adamw_weight_decay=0.1,
                      muon_scale_rule="speedrun", ns_steps=5, rank=0, world_size=1, fused=None,
                      muon_orthogonalizer="newton_schulz", normuon=False, normuon_beta2=0.95,
-                     muon_cautious_wd=False) -> list:
+                     muon_cautious_wd=False, adam_cautious_wd=False) -> list:
     """Optimisers for `model.configure_optimizers()` groups, one learning rate per group name.
 
     groups: [{"name", "optimizer": "muon"|"adam"|"adamw", "params", "weight_decay"}, ...]
@@ -268,7 +305,9 @@ def build_optimizers(groups, lrs: dict, *, adam_betas=SPEEDRUN_ADAM_BETAS, adam_
             k separate (r, c) blocks (the model says which weights are several matrices in one).
     Returns [Muon?, Adam?, AdamW?] (only those used), each param group carrying "name" and
     "initial_lr" so schedules scale from it. muon_orthogonalizer, normuon, normuon_beta2 and
-    muon_cautious_wd are Muon's switches (see Muon).
+    muon_cautious_wd are Muon's switches (see Muon). Adam groups with a weight decay > 0 (the gpt's
+    embed and head groups at `adam_weight_decay`) get `DecoupledAdam`: decoupled decay, cautious with
+    `adam_cautious_wd` (the 2025-12-18 record); with none, plain torch Adam as before.
     """
     kinds = {"muon": [], "adam": [], "adamw": []}
     splits = {}
@@ -299,7 +338,10 @@ def build_optimizers(groups, lrs: dict, *, adam_betas=SPEEDRUN_ADAM_BETAS, adam_
                         scale_rule=muon_scale_rule, rank=rank, world_size=world_size, splits=splits,
                         orthogonalizer=muon_orthogonalizer, normuon=normuon, beta2=normuon_beta2,
                         cautious_wd=muon_cautious_wd))
-    if kinds["adam"]:
+    if kinds["adam"] and any(g["weight_decay"] for g in kinds["adam"]):
+        out.append(DecoupledAdam(kinds["adam"], betas=adam_betas, eps=adam_eps, cautious=adam_cautious_wd,
+                                 fused=fused_ok or None))
+    elif kinds["adam"]:
         out.append(torch.optim.Adam(kinds["adam"], betas=adam_betas, eps=adam_eps, fused=fused_ok or None))
     if kinds["adamw"]:
         out.append(torch.optim.AdamW(kinds["adamw"], betas=adamw_betas, eps=adamw_eps, fused=fused_ok or None))
@@ -345,6 +387,19 @@ def muon_momentum(step: int, warmup_steps: int = 300, start: float = 0.85, end: 
 WINDOW_RAMPS = ("linear", "record", "stages")
 
 
+def stage_index(progress: float, n_stages: int) -> int:
+    """Which of `n_stages` equal stages of training `progress` in [0, 1] falls in: stage i covers
+    [i/n, (i+1)/n), the last one also progress 1. Window and batch stages share these boundaries."""
+    p = min(max(float(progress), 0.0), 1.0)
+    return min(int(p * n_stages), n_stages - 1)
+
+
+def batch_size_at(progress: float, stages, default: int) -> int:
+    """Batch-size schedule by stage (the 2026 records' 8 -> 16 -> 24 sequences per rank): B of the
+    stage `progress` falls in (`stage_index`), or `default` when `stages` is empty (no schedule)."""
+    return int(stages[stage_index(progress, len(stages))]) if stages else int(default)
+
+
 def window_size(progress: float, min_window: int = 128, max_window: int = 1792, block: int = 128,
                 ramp: str = "linear", stages=()) -> int:
     """Sliding-window warm-up: the attention window grows linearly with progress, in whole blocks.
@@ -363,7 +418,7 @@ def window_size(progress: float, min_window: int = 128, max_window: int = 1792, 
         raise ValueError("window ramp 'stages' needs stages: the long window (tokens) of each stage")
     p = min(max(float(progress), 0.0), 1.0)
     if ramp == "stages":
-        w = block * math.ceil(stages[min(int(p * len(stages)), len(stages) - 1)] / block)
+        w = block * math.ceil(stages[stage_index(p, len(stages))] / block)
         return int(min(max(w, block), max_window))
     w = min_window + p * (max_window - min_window) if ramp == "linear" else p * (max_window - block / 2)
     w = block * math.ceil(w / block)
@@ -403,5 +458,6 @@ def step_all(optimizers) -> None:
 
 __all__ = ["NS_COEFFS", "POLAR_EXPRESS_COEFFS", "ORTHOGONALIZERS", "WINDOW_RAMPS", "SPEEDRUN_LRS",
            "newton_schulz", "polar_express", "orthogonalize", "normuon_normalize", "muon_scale", "Muon", "default_lrs",
-           "build_optimizers", "describe", "lr_factor", "muon_momentum", "window_size",
+           "DecoupledAdam", "build_optimizers", "describe", "lr_factor", "muon_momentum", "window_size",
+           "stage_index", "batch_size_at",
            "apply_schedules", "copy_state", "zero_grad", "step_all"]

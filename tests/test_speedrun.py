@@ -3,6 +3,7 @@ tiny size; and the maths of the later records' optimiser switches (Polar Express
 
 Each "record" side below is written from the record's own train_gpt.py (its shapes, its loader, its
 Muon, its window formula), independently of nbcore, and compared with nbcore under the switches."""
+import csv
 import json
 import math
 
@@ -230,6 +231,7 @@ def test_speedrun_yaml_names_the_record_and_sets_its_values():
     assert p["val_tokens"] % (8 * p["val_seq_len"]) == 0
     opts = dict(p["model_options"])
     assert opts.pop("fp8_head") is True
+    assert opts.pop("window_blocks") == 128  # the record's 128-token block masks
     assert {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()} == RECORD
 
 
@@ -289,21 +291,25 @@ def test_muon_cautious_weight_decay_and_normuon_steps_by_hand():
 def test_04_runs_with_the_record_layout_and_the_new_switches(tmp_path, tiny_data, runs_dir):
     from test_train import _outputs, _train
 
-    out = _train(tmp_path, tiny_data, name="rec", batch_size=1, seq_len=128, num_steps=4, val_interval=2,
+    out = _train(tmp_path, tiny_data, name="rec", batch_size=2, batch_stages=[1, 2], seq_len=128, num_steps=4, val_interval=2,
                  val_tokens=1024, val_seq_len=256, val_batch_size=1, val_layout="bos_aligned", loader_layout="stream",
                  window_ramp="record",
                  window_min=32, window_max=128, window_block=32, muon_orthogonalizer="polar_express", normuon=True,
-                 muon_cautious_wd=True, muon_weight_decay=0.1,
+                 muon_cautious_wd=True, muon_weight_decay=0.1, adam_weight_decay=0.01, adam_cautious_wd=True,
                  model_options={"qkv_split": True, "learn_attn_scale": False, "attn_off_layers": [1], "v_lambda": True,
-                                "mtp_tokens": 2, "tie_until": 0.5})
+                                "mtp_tokens": 2, "tie_until": 0.5, "window_blocks": 32})
     (run,) = runs_dir.glob("*_rec")
     s = json.loads((run / "summary.json").read_text())
     cfg = s["model_config"]
     assert cfg["max_seq_len"] == 256 and cfg["attn_off_layers"] == [1] and cfg["qkv_split"] is True
     assert s["final"]["steps"] == 4 and math.isfinite(s["final"]["val_loss"])
+    # batch_stages [1, 2]: steps 1-2 take 1 row of 128 tokens, steps 3-4 two (the second half of training)
+    rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r["train_loss"]]
+    assert [int(r["tokens"]) for r in rows] == [128, 256, 512, 768] and s["final"]["tokens_seen"] == 768
+    assert cfg["window_blocks"] == 32
     text, _ = _outputs(out)
     assert "loader layout 'stream'; validation (bos_aligned)" in text and "(1, 256) per rank = 1,024 tokens" in text
-    assert "x: (B, T) = (1, 128)" in text
+    assert "x: (B, T) = (2, 128)" in text and "DecoupledAdam" in text
     blob = torch.load(sorted((run / "checkpoints").glob("step_*.pt"))[-1], map_location="cpu", weights_only=False)
     sd = blob["model"]
     assert not bool(sd["tied"])  # untied at half-way by progress_of -> set_progress

@@ -83,7 +83,8 @@ def test_bad_values_fail_with_a_clear_message(tmp_path, tiny_data, runs_dir, bad
 
 # ---------------------------------------------------------------- one process: record and exact resume
 def test_single_process_record_and_exact_resume(tmp_path, tiny_data, runs_dir):
-    out = _train(tmp_path, tiny_data, checkpoint_interval=3, name="full")
+    # batch_stages: B = 2 for steps 1-3, 4 for steps 4-6, so the resume below starts in the later stage
+    out = _train(tmp_path, tiny_data, checkpoint_interval=3, name="full", batch_stages=[2, 4])
     (run,) = runs_dir.glob("*_full")
     rows = runs.read_metrics(run)
     train = [(r["step"], r["train_loss"]) for r in rows if r["train_loss"] is not None]
@@ -96,7 +97,8 @@ def test_single_process_record_and_exact_resume(tmp_path, tiny_data, runs_dir):
     assert val[-1][2] == pytest.approx(val[-1][1] / 0.6931471805599453 / bpt)
     s = json.loads((run / "summary.json").read_text())
     f = s["final"]
-    assert f["tokens_seen"] == 6 * 4 * 64 and f["val_loss"] == pytest.approx(val[-1][1])
+    assert f["tokens_seen"] == 3 * 2 * 64 + 3 * 4 * 64 and f["val_loss"] == pytest.approx(val[-1][1])
+    assert [r["tokens"] for r in rows if r["train_loss"] is not None] == [128, 256, 384, 640, 896, 1152]
     assert f["wall_seconds"] > 0 and f["peak_mem_bytes"] > 0 and s["world_size"] == 1
     assert s["parameters"]["num_heads"] == 2 and s["versions"]["torch"] and "dirty" in s["git"]
     assert s["estimated_cost_usd"] == 0.0
@@ -113,11 +115,13 @@ def test_single_process_record_and_exact_resume(tmp_path, tiny_data, runs_dir):
     (cut / "checkpoints" / "step_000006.pt").unlink()
     (cut / "summary.json").unlink()
     runs.MetricsLog(cut, resume_step=3).flush()
-    _train(tmp_path, tiny_data, "resumed.ipynb", resume=str(cut), checkpoint_interval=3, name="full")
+    _train(tmp_path, tiny_data, "resumed.ipynb", resume=str(cut), checkpoint_interval=3, name="full",
+           batch_stages=[2, 4])
     again = runs.read_metrics(cut)
     assert [(r["step"], r["train_loss"]) for r in again if r["train_loss"] is not None] == train  # bit for bit
     assert [(r["step"], r["val_loss"]) for r in again if r["val_loss"] is not None] == [(s, v) for s, v, _ in val]
     assert json.loads((cut / "summary.json").read_text())["resumed_from"].endswith("step_000003.pt")
+    assert [r["tokens"] for r in again if r["train_loss"] is not None] == [128, 256, 384, 640, 896, 1152]
 
 
 def test_existing_run_is_never_overwritten(tmp_path, tiny_data, runs_dir):
