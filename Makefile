@@ -5,6 +5,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# test processes (pytest-xdist): one per core, at most 4 (the multi-process tests start their own ranks)
+WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: demo test test-browser venv clean-venv bench
 
@@ -20,7 +22,7 @@ demo: $(STAMP)
 	$(PY) -m nbcore.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(WORKERS) --dist worksteal --durations=15 tests
 
 # JupyterLab driven by headless Chromium (Debian's `chromium` package); also part of `make test`
 test-browser: $(STAMP)

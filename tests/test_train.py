@@ -304,21 +304,21 @@ def _inject_oom(tmp_path, monkeypatch, above: int):
 
 def test_first_step_out_of_memory_auto_halves_b_given_b_names_one_that_fits(tmp_path, tiny_data, runs_dir,
                                                                            monkeypatch):
-    _inject_oom(tmp_path, monkeypatch, above=8)
+    _inject_oom(tmp_path, monkeypatch, above=2)
     out = _train(tmp_path, tiny_data, batch_size="auto", grad_accum=1, num_steps=1, val_interval=0, name="oom",
                  sample_tokens=0, live_plot=False)
     text, _ = _outputs(out)
-    assert "B=32 per rank (auto)" in text  # the estimate's choice on CPU (capped at 32) ...
-    assert "out of memory with B=32: trying B=16 with grad_accum=2" in text  # ... halved until it fits
-    assert "out of memory with B=16: trying B=8 with grad_accum=4" in text and "first step fits: B=8" in text
+    assert "B=8 per rank (auto)" in text  # the estimate's choice on CPU (capped at 8) ...
+    assert "out of memory with B=8: trying B=4 with grad_accum=2" in text  # ... halved until it fits
+    assert "out of memory with B=4: trying B=2 with grad_accum=4" in text and "first step fits: B=2" in text
     (run,) = runs_dir.glob("*_oom")
     s = json.loads((run / "summary.json").read_text())
-    assert s["batch_size"] == 8 and s["final"]["tokens_seen"] == 32 * 64 == s["tokens_per_step"]
+    assert s["batch_size"] == 2 and s["final"]["tokens_seen"] == 8 * 64 == s["tokens_per_step"]
     with pytest.raises(Exception) as e:
-        _train(tmp_path, tiny_data, "given.ipynb", batch_size=32, num_steps=1, name="oom2", sample_tokens=0,
+        _train(tmp_path, tiny_data, "given.ipynb", batch_size=8, num_steps=1, name="oom2", sample_tokens=0,
                live_plot=False)
     msg = _error_text(e.value)
-    assert "batch_size=32 does not fit" in msg and "batch_size=8 fits: use batch_size=8 with grad_accum=4" in msg
+    assert "batch_size=8 does not fit" in msg and "batch_size=2 fits: use batch_size=2 with grad_accum=4" in msg
 
 
 def test_float16_with_loss_scaling_runs_in_04(tmp_path, tiny_data, runs_dir):
@@ -331,3 +331,11 @@ def test_float16_with_loss_scaling_runs_in_04(tmp_path, tiny_data, runs_dir):
     rows = runs.read_metrics(run)
     assert [r["step"] for r in rows if r["train_loss"] is not None] == [1, 2, 3]
     assert all(r["train_loss"] > 0 for r in rows if r["train_loss"] is not None)
+    # the checkpoint keeps the loss scale reached, and a resume starts from it (not from 65536 again)
+    (ckpt,) = checkpoint.list_checkpoints(run)
+    state = checkpoint.read(ckpt)["extra"]["loss_scaler"]
+    assert state["scale"] > 0 and state["growth_interval"] == 2000
+    out = _train(tmp_path, tiny_data, "fp16_resumed.ipynb", dtype="float16", num_steps=4, val_interval=0, name="fp16",
+                 sample_tokens=0, live_plot=False, resume=str(run))
+    text, _ = _outputs(out)
+    assert f"loss scaler resumed at scale {state['scale']:g}" in text
