@@ -5,7 +5,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# test processes (pytest-xdist): one per core, at most 4 (the multi-process tests start their own ranks)
+# test processes (pytest-xdist): one per core, at most 4 (the multi-process tests start their own ranks);
+# one torch thread each, so the processes share the cores instead of oversubscribing them
 WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: demo test test-browser venv clean-venv bench
@@ -22,7 +23,7 @@ demo: $(STAMP)
 	$(PY) -m nbcore.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(WORKERS) --dist worksteal --durations=15 tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(WORKERS) --dist worksteal --durations=15 tests
 
 # JupyterLab driven by headless Chromium (Debian's `chromium` package); also part of `make test`
 test-browser: $(STAMP)

@@ -18,9 +18,23 @@ def _isolated_dirs(tmp_path_factory):
     """
     old = {k: os.environ.get(k) for k in ("NBCORE_RUNS", "NBCORE_CACHE")}
     os.environ["NBCORE_RUNS"] = str(tmp_path_factory.mktemp("runs"))
-    os.environ.setdefault("NBCORE_CACHE", str(tmp_path_factory.mktemp("cache")))
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:  # pytest-xdist: one cache for all workers of this run (their temp folders share a parent)
+        shared = tmp_path_factory.getbasetemp().parent / "cache"
+        shared.mkdir(exist_ok=True)
+        os.environ.setdefault("NBCORE_CACHE", str(shared))
+    else:
+        os.environ.setdefault("NBCORE_CACHE", str(tmp_path_factory.mktemp("cache")))
     if os.environ.get("NBCORE_TEST_CACHE"):  # reuse a cache between local runs
         os.environ["NBCORE_CACHE"] = os.environ["NBCORE_TEST_CACHE"]
+    if worker:  # the first worker builds the built-in corpus (~20 s); the others wait for it instead of building it too
+        import fcntl
+
+        from nbcore import corpus
+
+        with open(Path(os.environ["NBCORE_CACHE"]) / ".builtin.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            corpus.builtin_corpus_path()
     yield
     for k, v in old.items():
         if v is None:
