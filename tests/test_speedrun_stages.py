@@ -73,6 +73,7 @@ def test_block_windows_are_the_records_block_masks():
         build_model("gpt", V, 4, 2, 32, T, device="meta", window_blocks=True)
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # eager flex on CPU, on purpose
 def test_block_windows_flex_equals_sdpa_and_decoding_uses_the_same_rule():
     kw = dict(device="cpu", eot_id=EOT, window_blocks=8, window_long=24, seed=1, zero_init=False)  # 3 blocks, 1
     sdpa = build_model("gpt", V, 2, 2, 32, 64, attn_backend="sdpa", **kw).eval()
