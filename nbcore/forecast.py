@@ -253,7 +253,8 @@ def forecast_run(plan: dict, card_key: str, gpus: int, price: float = 0.0, mfu: 
     # the memory model 04 uses (runs.memory_kwargs); FlexAttention keeps no dense masks, which it runs on
     # Ampere and later; cards without bf16 (T4, V100) run SDPA with dense masks, as 04 chooses (nbcore.precision)
     flex = kind == "cuda" and "no bf16" not in spec.get("note", "")
-    mem_kw = dict(runs.memory_kwargs(model, dense_masks=None if kind != "cuda" else not flex),
+    mem_kw = dict(runs.memory_kwargs(model, dense_masks=None if kind != "cuda" else not flex,
+                                     adam_weight_decay=float(p.get("adam_weight_decay") or 0.0)),
                   dtype_bytes=2 if half else 4)
     out = {"run": plan["name"], "card": card_key, "gpus": gpus, "num_params": n_params, "flops_per_token": fpt,
            "vocab_size": V, "vocab_from": v_from, "L": L, "H": H, "D": D, "T": T}

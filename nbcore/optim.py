@@ -272,11 +272,13 @@ class DecoupledAdam(torch.optim.Adam):
             for g, wd in zip(self.param_groups, decays):
                 g["weight_decay"] = wd
         for g, wd, olds in zip(self.param_groups, decays, before):
-            for p, w0 in zip(g["params"], olds):
+            for i, p in enumerate(g["params"]):
+                w0, olds[i] = olds[i], None  # each copy is freed once used: at most one extra weight-sized buffer
                 if w0 is None:
                     continue
-                decay = w0 * ((w0 - p) * w0 >= 0) if self.cautious else w0  # (W_before - W_after) = u
-                p.sub_(decay, alpha=g["lr"] * wd)
+                if self.cautious:  # keep W_before only where u · W_before >= 0, with u = W_before - W_after
+                    w0.mul_(torch.sub(w0, p).mul_(w0).ge_(0))
+                p.sub_(w0, alpha=g["lr"] * wd)
         return loss
 
 

@@ -376,7 +376,8 @@ def estimate_memory(num_params: int, num_layers: int, model_dim: int, vocab_size
                     num_kv_heads: int | None = None, mlp_dim: int | None = None, muon_params: int = 0,
                     head_params: int = 0, value_embeds: int = 0, unet_skips: int = 0, softcap: bool = True,
                     dense_masks: bool = False, fp8_head: bool = False, tied_embeddings: bool = False,
-                    newton_schulz_bytes: int = 0, cast_params: int = 0) -> dict:
+                    newton_schulz_bytes: int = 0, cast_params: int = 0, adam_decay_params: int = 0,
+                    adam_decay_largest: int = 0) -> dict:
     """Peak training memory of one rank in bytes, with its parts (nbcore.model's eager code).
 
     weights and grads: float32, 4 bytes per parameter each. optimizer: Muon keeps one momentum
@@ -389,7 +390,9 @@ def estimate_memory(num_params: int, num_layers: int, model_dim: int, vocab_size
     the lookup's gradient and its sum with the head's: two V x D float32 buffers); the optimiser
     step (all gradients, and Muon's update and its orthogonalised copy: 8 bytes per Muon
     parameter, and `newton_schulz_bytes`, the iteration's
-    work space for the largest matrix). `memory_kwargs(model)` fills in the arguments.
+    work space for the largest matrix; or, when Adam's groups decay (`optim.DecoupledAdam`), its copy of
+    the weights before its step, 4 bytes per `adam_decay_params`, and one buffer the size of the largest
+    of them for the cautious mask: whichever is larger, as the optimisers step one after the other). `memory_kwargs(model)` fills in the arguments.
     """
     act = activation_bytes_per_token(arch, num_layers, model_dim, vocab_size, seq_len, num_heads=num_heads,
                                      head_dim=head_dim, num_kv_heads=num_kv_heads, mlp_dim=mlp_dim,
@@ -398,7 +401,7 @@ def estimate_memory(num_params: int, num_layers: int, model_dim: int, vocab_size
     tokens = batch_size * seq_len
     out = {"weights": num_params * 4, "grads": num_params * 4,
            "optimizer": muon_params * 4 + (num_params - muon_params) * optimizer_bytes_per_param,
-           "activations_per_token": act, "activations": act * tokens, "step_temporaries": muon_params * 8 + newton_schulz_bytes}
+           "activations_per_token": act, "activations": act * tokens, "step_temporaries": max(muon_params * 8 + newton_schulz_bytes, (adam_decay_params + adam_decay_largest) * 4)}
     base = out["weights"] + out["optimizer"]
     out["backward_start"] = base + out["activations"] + head_params * 4 + (2 * cast_params if dtype_bytes == 2 else 0)
     out["backward_end"] = base + out["grads"] + (8 * vocab_size * model_dim if tied_embeddings else 0)
@@ -407,11 +410,12 @@ def estimate_memory(num_params: int, num_layers: int, model_dim: int, vocab_size
     return out
 
 
-def memory_kwargs(model, world_size: int = 1, dense_masks: bool | None = None) -> dict:
+def memory_kwargs(model, world_size: int = 1, dense_masks: bool | None = None, adam_weight_decay: float = 0.0) -> dict:
     """estimate_memory's arguments (all but batch_size) for a built model of nbcore.model.
 
     dense_masks: None = as the model runs on its device (SDPA with sliding windows or document
     masks keeps (B, 1, T, T) biases; FlexAttention does not).
+    adam_weight_decay: 04's parameter; > 0 makes Adam's decaying groups copy their weights each step.
     """
     import torch
 
@@ -428,11 +432,14 @@ def memory_kwargs(model, world_size: int = 1, dense_masks: bool | None = None) -
     tied = head is None
     if tied:  # the embedding's gradient comes first, from the head's matmul
         head = model.embed if arch == "gpt" else (model.wte if arch == "nanogpt" else model.embed_tokens)
+    decayed = [p.numel() for g in groups if g["optimizer"] == "adam" and g.get("weight_decay") is True
+               for p in g["params"]] if adam_weight_decay > 0 else []  # optim.DecoupledAdam's copies
     kw = dict(num_params=model.num_params(), num_layers=cfg["num_layers"], model_dim=cfg["model_dim"],
               vocab_size=cfg["vocab_size"], seq_len=cfg["seq_len"], dtype_bytes=dtype_bytes, arch=arch,
               num_heads=cfg["num_heads"], head_dim=cfg.get("head_dim"), muon_params=muon,
               head_params=head.weight.numel(), tied_embeddings=tied, newton_schulz_bytes=ns,
-              cast_params=cast + (head.weight.numel() if tied else 0))
+              cast_params=cast + (head.weight.numel() if tied else 0),
+              adam_decay_params=sum(decayed), adam_decay_largest=max(decayed, default=0))
     if arch == "gpt":
         if dense_masks is None:
             dense_masks = cfg["attn_backend"] != "flex" and (cfg["sliding_window"] or cfg["eot_id"] is not None)

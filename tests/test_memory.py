@@ -97,6 +97,22 @@ def test_whole_step_peak_with_optimizer_state(arch, dtype):
         _within(e["total"], r["peak"])
 
 
+def test_step_peak_counts_the_decaying_adams_copy_of_the_weights():
+    """adam_weight_decay > 0 (DecoupledAdam): Adam copies its decaying weights before its step; with a large
+    V (embeddings and head) that copy is the step's peak, and the estimate must count it."""
+    m = build_model("gpt", 8192, 2, 2, 128, 32, device="cpu", dtype="float32")
+    opts = optim.build_optimizers(m.configure_optimizers(), optim.default_lrs("gpt"), adam_weight_decay=0.01,
+                                  adam_cautious_wd=True, fused=True)
+    assert any(isinstance(o, optim.DecoupledAdam) for o in opts)
+    r = memory.measure_step(m, opts, 1, 32)
+    kw = runs.memory_kwargs(m, adam_weight_decay=0.01)
+    assert kw["adam_decay_params"] == m.embed.weight.numel() + m.head.weight.numel() + sum(
+        v.weight.numel() for v in m.value_embeds)
+    _within(runs.estimate_memory(batch_size=1, **kw)["total"], r["peak"])
+    without = runs.estimate_memory(batch_size=1, **runs.memory_kwargs(m))["total"]
+    assert without < 0.95 * r["peak"]  # the model before it counted the copy was too low
+
+
 def test_estimate_parts_and_auto_batch():
     kw = dict(num_params=10_000_000, num_layers=4, model_dim=256, vocab_size=8192, seq_len=512, muon_params=4_000_000)
     a, b = runs.estimate_memory(batch_size=1, **kw), runs.estimate_memory(batch_size=2, **kw)
