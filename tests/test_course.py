@@ -4,19 +4,12 @@ import json
 import pytest
 
 from nbcore import ablation, compare, course, fileio, shards
-from tests.test_evaluate import make_text, make_tokenizer
+from tests.test_evaluate import make_tiny_shards, make_tokenizer, write_texts
 
 
 @pytest.fixture(scope="module")
 def tiny_shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("course")
-    make_tokenizer(root / "tok")
-    (root / "text").mkdir()
-    for i in range(6):
-        (root / "text" / f"doc{i}.txt").write_text(make_text(80, seed=i), encoding="utf-8")
-    shards.make_shards(f"local:{root / 'text' / '*.txt'}", root / "tok", root / "shards", shard_size=6000,
-                       num_shards=1, workers=1, val_tokens=2000, progress=False)
-    return root / "shards"
+    return make_tiny_shards(tmp_path_factory.mktemp("course"), 6, 80, shard_size=6000, val_tokens=2000)
 
 
 SMALL = {"num_layers": 2, "model_dim": 32, "seq_len": 32, "batch_size": 4, "val_tokens": 512}
@@ -86,9 +79,7 @@ def test_newest_run_and_newest_runs(runs_dir, tmp_path):
 
 
 def test_default_shards_are_made_with_the_chapters_defaults(runs_dir, tmp_path, monkeypatch):
-    (tmp_path / "text").mkdir()
-    for i in range(3):
-        (tmp_path / "text" / f"d{i}.txt").write_text(make_text(40, seed=i), encoding="utf-8")
+    write_texts(tmp_path / "text", 3, 40, prefix="d")
     defaults = {
         "01_tokenizer": {"corpus": f"local:{tmp_path / 'text' / '*.txt'}", "sample_chars": 20000, "vocab_size": 300,
                          "pattern": "gpt4", "name": "tok-x", "workers": 1},

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,6 +33,26 @@ def make_tokenizer(folder=None, vocab_size=320):
     if folder is not None:
         tok.save(folder)
     return tok
+
+
+def write_texts(folder, n_docs, n_sentences, prefix="doc") -> str:
+    """n_docs text files of make_text(n_sentences, seed=i) in `folder`; returns the local: corpus glob."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        (folder / f"{prefix}{i}.txt").write_text(make_text(n_sentences, seed=i), encoding="utf-8")
+    return f"local:{folder / '*.txt'}"
+
+
+def make_tiny_shards(root, n_docs, n_sentences, shard_size, val_tokens):
+    """A make_tokenizer tokenizer in root/tok and one train shard of write_texts' documents in root/shards."""
+    from nbcore import shards
+
+    make_tokenizer(Path(root) / "tok")
+    shards.make_shards(write_texts(Path(root) / "text", n_docs, n_sentences), Path(root) / "tok",
+                       Path(root) / "shards", shard_size=shard_size, num_shards=1, workers=1,
+                       val_tokens=val_tokens, progress=False)
+    return Path(root) / "shards"
 
 
 def tiny_model(arch="gpt", vocab_size=321, seq_len=64, seed=0, **kw):

@@ -6,7 +6,7 @@ import nbformat
 import pytest
 
 from nbcore import evaluate, notebooks, shards
-from tests.test_evaluate import make_run, make_text, make_tokenizer, write_benchmark_files
+from tests.test_evaluate import make_run, make_tiny_shards, write_benchmark_files
 
 pytestmark = pytest.mark.slow
 
@@ -15,12 +15,7 @@ pytestmark = pytest.mark.slow
 def tiny_run(tmp_path_factory):
     """A run folder as 04_train leaves it (tiny tokenizer, shards, a checkpoint) + benchmark files."""
     root = tmp_path_factory.mktemp("nb05")
-    make_tokenizer(root / "tok")
-    (root / "text").mkdir()
-    for i in range(6):
-        (root / "text" / f"doc{i}.txt").write_text(make_text(60, seed=i), encoding="utf-8")
-    shards.make_shards(f"local:{root / 'text' / '*.txt'}", root / "tok", root / "shards", shard_size=4000,
-                       num_shards=1, workers=1, val_tokens=3000, progress=False)
+    make_tiny_shards(root, 6, 60, shard_size=4000, val_tokens=3000)
     make_run(root / "run", root / "tok", arch="gpt", seq_len=64, step=6, data_dir=str(root / "shards"))
     files = write_benchmark_files(root / "bench", n=6)
     prompts = root / "prompts.json"
