@@ -263,7 +263,7 @@ def forecast_run(plan: dict, card_key: str, gpus: int, price: float = 0.0, mfu: 
         B, out["batch_from"] = max(stages), "batch_stages"
     elif p["batch_size"] == "auto":
         try:
-            B = runs.auto_batch_size(budget, max_batch=1024 if kind == "cuda" else 32, **mem_kw)
+            B = runs.auto_batch_size(budget, max_batch=runs.auto_batch_cap(kind), **mem_kw)
             out["batch_from"] = "auto"
         except MemoryError as e:
             B, out["batch_from"] = 1, f"does not fit: {e}"

@@ -392,7 +392,8 @@ def estimate_memory(num_params: int, num_layers: int, model_dim: int, vocab_size
     parameter, and `newton_schulz_bytes`, the iteration's
     work space for the largest matrix; or, when Adam's groups decay (`optim.DecoupledAdam`), its copy of
     the weights before its step, 4 bytes per `adam_decay_params`, and one buffer the size of the largest
-    of them for the cautious mask: whichever is larger, as the optimisers step one after the other). `memory_kwargs(model)` fills in the arguments.
+    of them for the cautious mask: whichever is larger, as the optimisers step one after the other).
+    `memory_kwargs(model)` fills in the arguments.
     """
     act = activation_bytes_per_token(arch, num_layers, model_dim, vocab_size, seq_len, num_heads=num_heads,
                                      head_dim=head_dim, num_kv_heads=num_kv_heads, mlp_dim=mlp_dim,
@@ -460,6 +461,12 @@ def device_memory_bytes(device: str) -> int | None:
         idx = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
         return torch.cuda.get_device_properties(idx).total_memory
     return total_ram_bytes()
+
+
+def auto_batch_cap(device_type: str) -> int:
+    """The largest B `batch_size="auto"` picks: memory is the limit on a GPU; on CPU (and mps) time is, and
+    100 steps of 8 x 256 tokens take a minute or two."""
+    return 1024 if device_type == "cuda" else 8
 
 
 def auto_batch_size(budget_bytes: int, max_batch: int = 1024, fraction: float = 0.85, **estimate_kwargs) -> int:
@@ -686,6 +693,6 @@ class LivePlot:
 
 __all__ = ["METRICS_COLUMNS", "new_run_dir", "open_run", "claim_run_dir", "read_metrics", "MetricsLog",
            "versions", "git_info", "hardware_info", "peak_flops", "mfu", "estimate_cost", "write_summary",
-           "snapshot_source", "estimate_memory", "activation_bytes_per_token", "memory_kwargs", "ACTIVATION_BYTES",
+           "snapshot_source", "estimate_memory", "auto_batch_cap", "activation_bytes_per_token", "memory_kwargs", "ACTIVATION_BYTES",
            "PEAK_FLOPS", "device_memory_bytes", "auto_batch_size", "fit_batch", "copy_into",
            "is_run_dir", "peak_memory_bytes", "StopRequest", "LivePlot", "lock_run", "RunLocked"]
