@@ -31,8 +31,9 @@ What the launcher adds:
   tokenizer). Names that mean different things in different chapters go where ROUTES says
   (`vocab_size` to 01: 04's follows the tokenizer); `-p 04_train.NAME VALUE` (or `04.NAME`)
   reaches one chapter. Seeds are separate: 02's `data_seed`, 04's `seed`, 05's `generation_seed`.
-  A NAME no chapter has is an error with the closest match. VALUE is read as YAML 1.2 would
-  ("007" and "12:30" stay strings); relative paths are made absolute from the current folder.
+  A NAME no chapter has is an error with the closest match. VALUE, like every value in a parameter
+  file, is read by YAML 1.2's rules ("007", "12:30", "no" stay strings; "1e-3" is a float);
+  relative paths are made absolute from the current folder.
 - Before anything runs: every chapter's parameters are worked out and checked (names, 04's
   `model_options` types, `device: cuda` on a machine without CUDA); the run folder is locked
   (a second launch on it is refused) and `launch.json` records the plan, so `--resume RUN`
@@ -86,27 +87,31 @@ class LaunchError(RuntimeError):
     """A chapter failed (on some rank), or the parameter set cannot be run."""
 
 
-# ---------------------------------------------------------------- YAML with real floats
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads 1e-3 as a string; read it as the float a researcher meant."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
-                    |[-+]?\.(?:inf|Inf|INF)
-                    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
-
-
+# ---------------------------------------------------------------- YAML read by 1.2's rules
 _INT = re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$")  # no leading zeros: "007" is a name, not 7
 _FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                     |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
                     |[-+]?\.(?:inf|Inf|INF)
                     |\.(?:nan|NaN|NAN))$""", re.X)
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+
+
+class _Loader(yaml.SafeLoader):
+    """Parameter files and -p values read alike, by YAML 1.2's rules rather than PyYAML's 1.1 ones.
+
+    1.1 would read "1e-3" as a string, "no"/"on" as booleans, "007" as the octal 7 and "12:30" as
+    the base-60 number 750. Here: "1e-3" is a float; "no", "on", "007" and "12:30" stay text.
+    """
+
+    yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag not in (
+        "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+        for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL, list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
 def parse_value(text: str):

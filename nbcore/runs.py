@@ -56,12 +56,16 @@ class RunLocked(FileExistsError):
     """Another live process holds the run folder."""
 
 
+_HELD_LOCKS = {}  # lock path -> this process's open lock file (a notebook cell run twice reuses it)
+
+
 def lock_run(run_dir):
     """Hold the run folder for this process: an exclusive `fcntl.flock` on `run_dir/.lock`.
 
     The lock dies with the process holding it (however it ends: exit, kill -9, a crash), so it
-    is never stale. A second process asking for it is refused with the holder's pid. Returns
-    the open lock file (close it to release), or None where flock does not exist (Windows).
+    is never stale. A second process asking for it is refused with the holder's pid; this process
+    asking again gets the lock it holds. Returns the open lock file (close it to release), or None
+    where flock does not exist (Windows).
     """
     try:
         import fcntl
@@ -69,7 +73,10 @@ def lock_run(run_dir):
         return None
     import socket
 
-    path = Path(run_dir) / ".lock"
+    path = Path(run_dir).resolve() / ".lock"
+    held = _HELD_LOCKS.get(path)
+    if held is not None and not held.closed:
+        return held
     f = open(path, "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -85,7 +92,17 @@ def lock_run(run_dir):
     f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
             f"{datetime.datetime.now().isoformat(timespec='seconds')}\n")
     f.flush()
+    _HELD_LOCKS[path] = f
     return f
+
+
+def hold_run(run_dir):
+    """The training chapter's lock on its run folder: `lock_run`, unless the launcher that started
+    this kernel already holds it ($NBCORE_LAUNCH_WORKER), in which case None. A notebook run by hand
+    (JupyterLab, or papermill alone) thus locks its run folder as a launch does."""
+    if os.environ.get("NBCORE_LAUNCH_WORKER"):
+        return None
+    return lock_run(run_dir)
 
 
 def claim_run_dir(run_dir) -> Path:
@@ -695,4 +712,4 @@ __all__ = ["METRICS_COLUMNS", "new_run_dir", "open_run", "claim_run_dir", "read_
            "versions", "git_info", "hardware_info", "peak_flops", "mfu", "estimate_cost", "write_summary",
            "snapshot_source", "estimate_memory", "auto_batch_cap", "activation_bytes_per_token", "memory_kwargs", "ACTIVATION_BYTES",
            "PEAK_FLOPS", "device_memory_bytes", "auto_batch_size", "fit_batch", "copy_into",
-           "is_run_dir", "peak_memory_bytes", "StopRequest", "LivePlot", "lock_run", "RunLocked"]
+           "is_run_dir", "peak_memory_bytes", "StopRequest", "LivePlot", "lock_run", "hold_run", "RunLocked"]

@@ -187,4 +187,35 @@ def load_with_skypilot(path):
     return sky.Task.from_yaml(str(path))
 
 
-__all__ = ["accelerator", "task", "emit", "cli", "load_with_skypilot", "EmitError", "MOUNT"]
+_PARSE = """import json, sys
+import sky
+out = []
+for p in sys.argv[1:]:
+    t = sky.Task.from_yaml(p)
+    out.append({"path": p, "name": t.name, "num_nodes": t.num_nodes, "run": t.run, "setup": t.setup,
+                "envs": dict(t.envs), "workdir": str(t.workdir),
+                "accelerators": [dict(r.accelerators or {}) for r in t.resources],
+                "use_spot": [bool(r.use_spot) for r in t.resources]})
+print(json.dumps(out))
+"""
+
+
+def parse_with_skypilot(paths, python=None) -> list:
+    """What SkyPilot's own parser (sky.Task.from_yaml, offline) reads in each task file, as dicts
+    (name, num_nodes, run, setup, envs, workdir, accelerators and use_spot per resource), parsed by `python`: an interpreter
+    with skypilot installed (default $NBCORE_SKYPILOT_PYTHON, else this one). SkyPilot may need its
+    own environment: 0.14 pins click<8.2, which the Hugging Face hub's newest releases do not accept.
+    Raises RuntimeError with SkyPilot's message when a file does not parse."""
+    import json
+    import os
+    import subprocess
+
+    python = python or os.environ.get("NBCORE_SKYPILOT_PYTHON") or sys.executable
+    p = subprocess.run([python, "-c", _PARSE, *map(str, paths)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "SKYPILOT_DISABLE_USAGE_COLLECTION": "1"})
+    if p.returncode != 0:
+        raise RuntimeError(f"SkyPilot ({python}) could not parse the task files:\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+__all__ = ["accelerator", "task", "emit", "cli", "load_with_skypilot", "parse_with_skypilot", "EmitError", "MOUNT"]

@@ -128,7 +128,7 @@ def test_signal_to_the_launchers_group_ends_in_a_checkpoint_and_a_resume_command
     run = _one_run(runs_dir, name)
     assert p.returncode == 128 + getattr(signal, signame), err[-3000:]
     final = json.loads((run / "summary.json").read_text())["final"]
-    assert final["stopped_by"] == "interrupt"
+    assert final["stopped_by"] == "interrupt" and final["stop_reason"] == signame
     (ckpt,) = checkpoint.list_checkpoints(run)
     assert checkpoint.read(ckpt)["step"] == final["steps"] >= 3
     assert f"interrupted by {signame}" in err and f"python -m nbcore.launch --resume {run}" in err
@@ -277,6 +277,20 @@ def test_runs_differing_in_seed_share_byte_identical_val_shards(tmp_path, data, 
         assert entry["chapters"][1]["parameters"]["seed"] == seed
     assert folders[0] == folders[1]
     assert (folders[0] / "val_000000.bin").read_bytes() == (folders[1] / "val_000000.bin").read_bytes()
+
+
+def test_parameter_files_read_values_as_the_command_line_does(tmp_path):
+    # PyYAML alone (YAML 1.1) reads 007 as 7, 12:30 as 750, no/on as booleans and 1e-3 as text
+    text = ("name: '007'\nchapters:\n- notebook: 04_train\n  parameters:\n    run_dir: 007\n    note: 12:30\n"
+            "    arch: no\n    device: on\n    lr_scale: 1e-3\n    seed: 3\n    compile: false\n")
+    assert yaml.safe_load(text)["chapters"][0]["parameters"]["run_dir"] == 7
+    y = tmp_path / "set.yaml"
+    y.write_text(text)
+    params = launch.load_plan(y)["chapters"][0]["parameters"]
+    assert params == {"run_dir": "007", "note": "12:30", "arch": "no", "device": "on", "lr_scale": 0.001,
+                      "seed": 3, "compile": False}
+    for name, value in params.items():  # the same value given with -p reads the same
+        assert launch.parse_value(str(value).lower() if value is False else str(value)) == value, name
 
 
 def test_values_on_the_command_line_mean_what_they_say(tmp_path, data, monkeypatch):

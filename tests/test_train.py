@@ -4,6 +4,7 @@ A session fixture trains a tiny tokenizer and writes shards from a small text th
 (Python's own pydoc topics), so every run here takes seconds.
 """
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -115,6 +116,16 @@ def test_single_process_record_and_exact_resume(tmp_path, tiny_data, runs_dir):
     (cut / "checkpoints" / "step_000006.pt").unlink()
     (cut / "summary.json").unlink()
     runs.MetricsLog(cut, resume_step=3).flush()
+    # a notebook run by hand (no launcher) locks its run folder too: while another process writes
+    # into it, the resume stops before touching it
+    held = runs.lock_run(cut)
+    before = (cut / "metrics.csv").read_bytes()
+    with pytest.raises(Exception) as e:
+        _train(tmp_path, tiny_data, "refused.ipynb", resume=str(cut), checkpoint_interval=3, name="full",
+               batch_stages=[2, 4])
+    assert f"run folder {cut.resolve()} is in use: pid {os.getpid()}" in _error_text(e.value)
+    assert (cut / "metrics.csv").read_bytes() == before and not (cut / "summary.json").exists()
+    held.close()
     _train(tmp_path, tiny_data, "resumed.ipynb", resume=str(cut), checkpoint_interval=3, name="full",
            batch_stages=[2, 4])
     again = runs.read_metrics(cut)
@@ -277,7 +288,7 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path, tiny_data, runs_dir):
     t.join()
     (run,) = runs_dir.glob("*_intr")
     final = json.loads((run / "summary.json").read_text())["final"]
-    assert final["stopped_by"] == "interrupt"
+    assert final["stopped_by"] == "interrupt" and final["stop_reason"] == "SIGINT"
     (ckpt,) = checkpoint.list_checkpoints(run)
     assert checkpoint.read(ckpt)["step"] == final["steps"] >= 3
     text, _ = _outputs(tmp_path / "out.ipynb")
