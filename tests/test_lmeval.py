@@ -1,7 +1,11 @@
 """lm-evaluation-harness, run as it is (its `hf` model, its HellaSwag task code) on our exported model
 and a local HellaSwag-format file, agrees with our scorer on every item: acc, acc_norm, acc_bytes.
 Skips when lm_eval (the `lmeval` extra, with accelerate for its hf model) is not installed."""
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -33,7 +37,7 @@ def scored(tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return {"root": root, "ours": ours, "theirs": theirs, "tasks": tasks}
+    return {"root": root, "ours": ours, "theirs": theirs, "tasks": tasks, "folder": folder}
 
 
 def test_local_task_is_lm_evals_own_task_on_a_local_file(scored):
@@ -60,3 +64,23 @@ def test_lm_eval_and_our_scorer_agree_on_every_item(scored):
     assert agree["same"] == {"acc": N_ITEMS, "acc_norm": N_ITEMS, "acc_bytes": N_ITEMS}
     # the old per-token rule is a different number on these items: the test tells the rules apart
     assert sum(r["pred_per_token"] != r["pred_norm"] for r in ours["results"]) > 0
+
+
+def test_lm_eval_command_line_on_the_export_gives_our_numbers(scored):
+    """What a researcher types, with no nbcore code in between: lm-eval's own command line on the
+    exported folder and the local task file gives the acc, acc_norm and acc_bytes of our table."""
+    out = scored["root"] / "cli"
+    exe = Path(sys.executable).parent / "lm_eval"
+    p = subprocess.run([str(exe), "--model", "hf", "--model_args",
+                        f"pretrained={scored['folder']},trust_remote_code=True,dtype=float32",
+                        "--tasks", "hellaswag_local", "--include_path", str(scored["root"] / "tasks"),
+                        "--device", "cpu", "--batch_size", "8", "--output_path", str(out)],
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    (results,) = out.rglob("results_*.json")
+    got = json.loads(results.read_text())["results"]["hellaswag_local"]
+    s = scored["ours"]["summary"]
+    for key in ("acc", "acc_norm", "acc_bytes"):
+        assert got[f"{key},none"] == pytest.approx(s[key], abs=1e-12), key
+    assert "|hellaswag_local|" in p.stdout.replace(" ", "")  # lm-eval's own table on the terminal
