@@ -53,6 +53,7 @@ What the launcher adds:
 - While 04 trains, a line per validation (and at most one per 30 s otherwise) with step, %, losses,
   tokens/s, MFU, elapsed, ETA and dollars so far, read from the run's metrics.csv (nbcore.progress);
   `--quiet` turns them off, `--log-output` streams the notebooks' own output as well.
+  `--tracker wandb|trackio` (optional extras) streams the same rows to W&B or trackio.
 - A sweep file (variants x seeds, nbcore.sweep), `--plan` (a cost forecast, nbcore.forecast) and
   `--emit skypilot DIR` (task files, nbcore.skypilot) go through the same command.
 - The run folder gets every executed notebook (copies of reused ones too) and `launch.json`
@@ -74,7 +75,7 @@ from pathlib import Path
 
 import yaml
 
-from . import fileio, nodes as nodes_lib, notebooks, paths, progress, runs
+from . import fileio, nodes as nodes_lib, notebooks, paths, progress, runs, tracker as tracking
 from .params import ParameterError
 
 DISTRIBUTED_CHAPTERS = ("04", "05")   # run under torchrun (every rank executes the notebook)
@@ -599,11 +600,12 @@ def _resume_hint(run_dir: Path) -> str:
 
 
 def run_plan(plan: dict, nproc: int | None = None, resume=None, torchrun_args=(), log_output=False,
-             only=None, dry_run=False, nodes=None, quiet=False) -> Path:
+             only=None, dry_run=False, nodes=None, quiet=False, tracker=None) -> Path:
     """Run every chapter of `plan` in order; returns the run folder.
 
     nodes: a `nbcore.nodes.Nodes` in a multi-node launch (node 0 owns the run folder and the
     products of 01/02; the other nodes take them from it). quiet: no live progress lines.
+    tracker: {'kind', 'project', 'group'} to stream 04's metrics to W&B or trackio (nbcore.tracker).
 
     Every chapter's parameters are worked out and checked first; the run folder is then locked
     (one launch at a time) and `launch.json` records the plan before any chapter runs, so
@@ -637,7 +639,7 @@ def run_plan(plan: dict, nproc: int | None = None, resume=None, torchrun_args=()
     _live.__init__()
     _live.stop_file = stop_file
     try:
-        _run_steps(steps, plan, run_dir, nproc, resume, torchrun_args, log_output, only, nodes, quiet)
+        _run_steps(steps, plan, run_dir, nproc, resume, torchrun_args, log_output, only, nodes, quiet, tracker)
     except BaseException:
         if not resume and owner:
             if lock is not None:
@@ -660,7 +662,7 @@ def run_plan(plan: dict, nproc: int | None = None, resume=None, torchrun_args=()
 
 
 def _run_steps(steps, plan, run_dir: Path, nproc, resume, torchrun_args, log_output, only, nodes=None,
-               quiet=False) -> None:
+               quiet=False, tracker=None) -> None:
     record_path = run_dir / "launch.json"
     if nodes and not nodes.is_owner:  # node 0 keeps the record; this node notes its own part
         record_path = run_dir / "logs" / f"launch.node{nodes.node_rank}.json"
@@ -694,7 +696,7 @@ def _run_steps(steps, plan, run_dir: Path, nproc, resume, torchrun_args, log_out
         t0 = time.time()
         _live.graceful = s["cid"] in STOPPABLE
         try:
-            _run_step(s, run_dir, only, torchrun_args, log_output, nodes, quiet)
+            _run_step(s, run_dir, only, torchrun_args, log_output, nodes, quiet, tracker)
         except BaseException as e:
             interrupted = isinstance(e, KeyboardInterrupt) or _live.aborted
             entry["status"] = "interrupted (aborted)" if interrupted else f"failed: {type(e).__name__}"
@@ -730,7 +732,8 @@ def _interrupted_message(run_dir: Path, name: str) -> str:
             f"Continue with:\n  {_resume_hint(run_dir)}")
 
 
-def _run_step(s: dict, run_dir: Path, only, torchrun_args, log_output, nodes=None, quiet=False) -> None:
+def _run_step(s: dict, run_dir: Path, only, torchrun_args, log_output, nodes=None, quiet=False,
+              tracker=None) -> None:
     """Run (or reuse) one chapter; its entry in launch.json gets the status."""
     nb, cid, params, entry = s["nb"], s["cid"], s["params"], s["entry"]
     if cid in PRODUCERS:
@@ -776,6 +779,9 @@ def _run_step(s: dict, run_dir: Path, only, torchrun_args, log_output, nodes=Non
     print(f"[launch] {nb.stem} on {n} process(es) -> {out}", flush=True)
     printer = (progress.start_for_chapter(run_dir, {**s["declared"], **params}, n * _num_nodes(torchrun_args), quiet)
                if cid == "04" else None)  # live progress lines from metrics.csv (--quiet: none)
+    live = (tracking.start_for_chapter(run_dir, tracker, {**s["declared"], **params}, group=tracker.get("group"),
+                                       poll_s=float(os.environ.get("NBCORE_TRACKER_POLL_S", 5.0)))
+            if cid == "04" and tracker and (not nodes or nodes.is_owner) else None)  # W&B / trackio, node 0 only
     try:
         if n > 1 or torchrun_args:
             run_distributed(nb, out, params, n, run_dir / "logs", torchrun_args, log_output)
@@ -784,6 +790,8 @@ def _run_step(s: dict, run_dir: Path, only, torchrun_args, log_output, nodes=Non
     finally:
         if printer is not None:
             printer.stop()
+        if live is not None:
+            live.finish()
     entry["status"] = "ran"
     entry["output"] = out.name
     entry["processes"] = n
@@ -822,6 +830,10 @@ def parse_args(argv=None):
     ap.add_argument("--dry-run", action="store_true", help="print the chapters and their parameters, run nothing")
     ap.add_argument("--log-output", action="store_true", help="stream the notebooks' output to the terminal")
     ap.add_argument("--quiet", action="store_true", help="no live progress lines while 04_train runs")
+    ap.add_argument("--tracker", default=None, choices=("wandb", "trackio"),
+                    help="also stream 04's metrics to Weights & Biases or trackio (optional extras)")
+    ap.add_argument("--tracker-project", default=None, help="--tracker: the project (default nbcore)")
+    ap.add_argument("--tracker-group", default=None, help="--tracker: group runs under this name (sweeps: the variant)")
     ap.add_argument("--nnodes", default=None, help="torchrun --nnodes (multi-node)")
     ap.add_argument("--node-rank", default=None, help="torchrun --node-rank")
     ap.add_argument("--rdzv-endpoint", default=None, help="torchrun --rdzv-endpoint host:port")
@@ -876,16 +888,22 @@ def main(argv=None) -> int:
             if a.rdzv_id:
                 trargs += [f"--rdzv-id={a.rdzv_id}"]
         only = set(a.only.split(",")) if a.only else None
+        tracker = None
+        if a.tracker and not a.dry_run:
+            tracking.module(a.tracker)  # a missing package is said now, before anything runs
+            tracker = {"kind": a.tracker, "project": a.tracker_project or "nbcore", "group": a.tracker_group}
         with _signals():
             run_dir = run_plan(plan, nproc=a.nproc, resume=a.resume, torchrun_args=trargs,
-                               log_output=a.log_output, only=only, dry_run=a.dry_run, nodes=coord, quiet=a.quiet)
+                               log_output=a.log_output, only=only, dry_run=a.dry_run, nodes=coord, quiet=a.quiet,
+                               tracker=tracker)
     except Interrupted as e:
         print(str(e), file=sys.stderr, flush=True)
         return 128 + int(e.signum)
     except KeyboardInterrupt:
         print("[launch] interrupted", file=sys.stderr, flush=True)
         return 130
-    except (LaunchError, ParameterError, FileNotFoundError, FileExistsError, ValueError, nodes_lib.NodeError) as e:
+    except (LaunchError, ParameterError, FileNotFoundError, FileExistsError, ValueError, nodes_lib.NodeError,
+            tracking.TrackerError) as e:
         if coord:
             coord.fail(str(e))
         print(f"launch failed: {e}", file=sys.stderr)

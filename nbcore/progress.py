@@ -6,6 +6,9 @@
 
       [progress] step 150/600  25.0%  train 3.412  val 3.501  bpb 1.812  52.1k tok/s  MFU 31.2%  elapsed 2m05s  ETA 6m15s  $0.42
 
+  The last line's validation scores the whole val split, and says on how many tokens when that
+  differs from the interval validations': `val 3.287  bpb 1.702  (on 10.5M val tokens)`.
+
   Cost is wall-clock time since the chapter started x `gpu_hourly_price` x GPUs: what a rented
   machine bills, start-up and validation included.
 - `training_bar(...)`: 04's tqdm bar. With `num_steps` it counts steps; under a time budget
@@ -167,6 +170,11 @@ class ProgressPrinter:
             parts.append(f"val {v['val_loss']:.3f}")
             if v.get("val_bpb") is not None:
                 parts.append(f"bpb {v['val_bpb']:.3f}")
+            # 04's last validation scores the whole val split, the interval ones `val_tokens`: a number on
+            # other tokens than the earlier ones says how many, so the two are not read as one curve
+            first = next((r.get("val_tokens") for r in rows if r.get("val_loss") is not None), None)
+            if v.get("val_tokens") and v["val_tokens"] != first:
+                parts.append(f"(on {fmt_count(v['val_tokens'])} val tokens)")
         tps = next((r["tokens_per_s"] for r in reversed(rows) if r.get("tokens_per_s")), None)
         if tps is None and train_s and last.get("tokens"):
             tps = last["tokens"] / train_s

@@ -17,7 +17,7 @@ A sweep file (a YAML file with `variants:`):
     nproc: 1                          # optional: processes per run (default: the set's nproc; --nproc)
     parallel: 1                       # optional: runs at once (--parallel)
     compare: {metric: val_bpb}        # optional: parameters for 06_compare
-    tracker: wandb                    # optional, off by default: also log finished runs to wandb or trackio
+    tracker: wandb                    # optional, off by default: each run also streams its metrics to wandb or trackio
 
 A variant's parameters go to every chapter that declares the name (as `-p` does); `a.b` sets
 key `b` inside the dict parameter `a` (e.g. model_options). The seed goes to the training chapter
@@ -471,7 +471,8 @@ def _schedule(todo, slots, state, folder, sw, torchrun_args, echo, children, sto
             for i, e in enumerate(todo):
                 if e["data"] in ready_data or e["data"] not in busy:
                     slot = free.pop(0)
-                    running[slot] = _start(e, slots[slot], len(slots), n_cpu, state, folder, torchrun_args, echo)
+                    running[slot] = _start(e, slots[slot], len(slots), n_cpu, state, folder, torchrun_args, echo,
+                                           tracker=sw.get("tracker"), sweep_name=sw["name"])
                     children.append(running[slot])
                     todo.pop(i)
                     started = True
@@ -506,8 +507,6 @@ def _schedule(todo, slots, state, folder, sw, torchrun_args, echo, children, sto
                 st["status"] = "done"
                 st.pop("error", None)
                 print(f"[sweep] {c.entry['run']}: done ({st.get('run_dir')})", flush=True)
-                if sw.get("tracker") and c.run_dir is not None:
-                    st["tracker"] = _track(sw, c.entry, c.run_dir)
             else:
                 st["status"] = "failed"
                 st["error"] = _failure_text(c.tail)
@@ -529,21 +528,6 @@ def _schedule(todo, slots, state, folder, sw, torchrun_args, echo, children, sto
     state.save()
 
 
-def _track(sw: dict, entry: dict, run_dir: Path) -> str:
-    """Send a finished run to W&B / trackio; a tracker failure is reported, never fails the run."""
-    from . import tracker as tracking
-
-    kind = sw["tracker"]["kind"]
-    try:
-        n = tracking.log_run(run_dir, kind, sw["tracker"].get("project") or f"nbcore-{sw['name']}",
-                             group=f"{sw['name']}-{entry['variant']}")
-    except Exception as e:  # the tracker's network or account: the run itself is fine
-        print(f"[sweep] {entry['run']}: {kind} logging failed ({type(e).__name__}: {e}); the run folder is the record",
-              flush=True)
-        return f"failed: {type(e).__name__}: {e}"
-    return f"logged {n} rows to {kind}"
-
-
 def _has_data(run_dir: Path, plan: dict) -> bool:
     """The run got past its producer chapters: the launcher copied their notebooks into the run folder."""
     want = [notebooks.notebook_path(ch["notebook"]).name for ch in plan["chapters"]
@@ -551,13 +535,16 @@ def _has_data(run_dir: Path, plan: dict) -> bool:
     return all((run_dir / w).exists() for w in want)
 
 
-def _start(e, devices, n_slots, n_cpu, state, folder, torchrun_args, echo) -> _Child:
+def _start(e, devices, n_slots, n_cpu, state, folder, torchrun_args, echo, tracker=None, sweep_name=None) -> _Child:
     st = state.run(e["run"])
     prev = Path(st["run_dir"]) if st.get("run_dir") else None
     resume = prev is not None and prev.is_dir() and checkpoint.latest(prev) is not None
     cmd = [sys.executable, "-m", "nbcore.launch", str(e["plan_file"]), "--nproc", str(e["plan"]["nproc"])]
     if resume:
         cmd += ["--resume", str(prev)]
+    if tracker:  # the run's launcher streams its metrics to W&B / trackio, one group per variant
+        cmd += ["--tracker", tracker["kind"], "--tracker-project", tracker.get("project") or f"nbcore-{sweep_name}",
+                "--tracker-group", f"{sweep_name}-{e['variant']}"]
     cmd += list(torchrun_args)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(paths.REPO_ROOT), env.get("PYTHONPATH")) if p)

@@ -112,6 +112,8 @@ def test_launcher_terminal_shows_progress_and_no_kernel_warnings(tmp_path, tiny_
     (run,) = runs_dir.glob("*_live")
     s = json.loads((run / "summary.json").read_text())["final"]
     assert f"val {s['val_loss']:.3f}" in lines[-1] and f"bpb {s['val_bpb']:.3f}" in lines[-1]
+    assert f"(on {progress.fmt_count(s['val_tokens'])} val tokens)" in lines[-1]  # not the interval ones' 2048
+    assert all("val tokens)" not in ln for ln in lines[:-1])
     # 04's last validation scored the whole val split; the interval ones val_tokens; the table shows the curve's end
     rows = [r for r in runs.read_metrics(run) if r["val_loss"] is not None]
     assert s["val_split"] == "whole" and rows[-1]["val_tokens"] == s["val_tokens"] > 2048

@@ -273,9 +273,22 @@ def test_sweep_kill_restart_skips_finished_reports_failure_and_compares(tmp_path
 
 
 # ---------------------------------------------------------------- optional trackers (fast)
-def test_tracker_is_optional_and_logs_every_metrics_row(tmp_path, monkeypatch):
+def _fake_tracker(calls):
     import types
 
+    run = types.SimpleNamespace(summary={})
+    return types.SimpleNamespace(init=lambda **kw: calls.append(("init", kw)) or run,
+                                 log=lambda values, step=None: calls.append(("log", step, values)),
+                                 finish=lambda: calls.append(("finish", dict(run.summary))))
+
+
+def _lines_to(lines):
+    import types
+
+    return types.SimpleNamespace(write=lines.append, flush=lambda: None)
+
+
+def test_tracker_is_optional_and_logs_every_metrics_row(tmp_path, monkeypatch):
     from nbcore import runs, tracker
 
     run = tmp_path / "20260101_000000_tsw-base_seed0"
@@ -284,16 +297,60 @@ def test_tracker_is_optional_and_logs_every_metrics_row(tmp_path, monkeypatch):
     log.add(step=1, tokens=256, train_loss=4.5, lr=0.01, elapsed_s=0.5)
     (run / "summary.json").write_text(json.dumps({"parameters": {"seed": 0}, "final": {"val_loss": 4.0}}))
     calls = []
-    fake = types.SimpleNamespace(init=lambda **kw: calls.append(("init", kw)) or types.SimpleNamespace(summary={}),
-                                 log=lambda values, step=None: calls.append(("log", step, values)),
-                                 finish=lambda: calls.append(("finish",)))
-    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setitem(sys.modules, "wandb", _fake_tracker(calls))
     assert tracker.log_run(run, "wandb", "proj", group="tsw-base") == 2
-    assert calls[0] == ("init", {"project": "proj", "name": run.name, "group": "tsw-base",
-                                 "config": {"seed": 0, "num_params": None, "world_size": None, "run_dir": str(run)}})
-    assert calls[1] == ("log", 0, {"tokens": 0, "val_loss": 5.0, "elapsed_s": 0.0}) and calls[-1] == ("finish",)
+    assert calls[0] == ("init", {"project": "proj", "name": run.name, "id": run.name, "resume": "allow",
+                                 "group": "tsw-base", "config": {"seed": 0, "run_dir": str(run)}})
+    assert calls[1] == ("log", 0, {"tokens": 0, "val_loss": 5.0, "elapsed_s": 0.0})
+    assert calls[-1] == ("finish", {"final/val_loss": 4.0})
+    calls.clear()
+    assert tracker.log_run(run, "wandb", "proj") == 0  # tracker.json: every row went already
     monkeypatch.setitem(sys.modules, "trackio", None)  # not installed: a clear message before any run
     with pytest.raises(sweep.SweepError, match="trackio package is not installed: pip install trackio"):
         sweep.load_sweep(_sweep_file(tmp_path, tracker="trackio"))
     with pytest.raises(sweep.SweepError, match="use 'wandb' or 'trackio'"):
         sweep.load_sweep(_sweep_file(tmp_path, tracker="tensorboard"))
+
+
+def test_live_tracker_sends_each_row_once_across_a_resume(tmp_path, monkeypatch):
+    from nbcore import runs, tracker
+
+    run = tmp_path / "20260101_000000_live"
+    calls = []
+    monkeypatch.setitem(sys.modules, "trackio", _fake_tracker(calls))
+    live = tracker.LiveRun(run, "trackio", "proj", config={"seed": 1})
+    assert live.poll() == 0 and calls == []  # nothing to send yet: no tracker run is started
+    log = runs.MetricsLog(run)
+    log.add(step=0, val_loss=5.0)
+    log.add(step=2, train_loss=4.0)
+    assert live.poll() == 2
+    log.add(step=2, val_loss=4.1)  # a second row at the same step (the validation after the train row)
+    log.add(step=4, train_loss=3.5)
+    assert live.poll() == 2 and live.poll() == 0
+    assert live.finish() == 4
+    assert [c[1] for c in calls if c[0] == "log"] == [0, 2, 2, 4]
+    assert calls[0][1]["resume"] == "allow" and "id" not in calls[0][1]  # trackio resumes by name
+    # the run stopped; its checkpoint was at step 2, so the resume cuts the step-4 row and trains it again
+    calls.clear()
+    log = runs.MetricsLog(run, resume_step=2)
+    log.flush()
+    again = tracker.LiveRun(run, "trackio", "proj")
+    log.add(step=4, train_loss=3.4)
+    log.add(step=6, train_loss=3.0)
+    assert again.finish() == 2  # steps 0 and 2 are not sent again; step 4's new row replaces the old one
+    assert [c for c in calls if c[0] == "log"] == [("log", 4, {"train_loss": 3.4}), ("log", 6, {"train_loss": 3.0})]
+    calls.clear()
+    log.add(step=6, train_loss=3.0)  # the same row again (as after a resume at step 6): not sent twice
+    assert tracker.LiveRun(run, "trackio", "proj").finish() == 0 and calls == []
+
+    # a failing tracker stops logging with one line; it never raises into the run
+    def offline(values, step=None):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(sys.modules["trackio"], "log", offline)
+    log.add(step=8, train_loss=2.9)
+    lines = []
+    bad = tracker.LiveRun(run, "trackio", "proj", out=_lines_to(lines))
+    assert bad.poll() == 0 and bad.failed == "ConnectionError: offline"
+    assert "trackio logging stopped (ConnectionError: offline); the run folder is the record" in "".join(lines)
+    assert bad.finish() == 0
