@@ -39,12 +39,12 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, dist, fileio, runs, stats
+from .loader import IGNORE  # target id the model's loss skips (-100)
 
 BENCHMARKS = ("hellaswag", "arc_easy", "piqa")
 EVAL_FILE = "eval.json"
 GENERATIONS_FILE = "generations.jsonl"
 PROMPTS_FILE = Path(__file__).with_name("prompts.json")
-IGNORE = -100  # target id the model's loss skips
 Z95 = stats.Z95  # standard normal quantile for a two-sided 95% interval
 
 

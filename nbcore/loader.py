@@ -326,22 +326,29 @@ def _val_layout(f, seq_len, layout, eot_id):
     return tokens, seq_len + 1, len(tokens) // (seq_len + 1)
 
 
+IGNORE = -100  # target id the loss skips (nbcore.evaluate.IGNORE): the padding rows of the last val batch
+
+
 def val_batch_count(files, batch_size: int, seq_len: int, world_size: int = 1, max_tokens: int | None = None,
                     layout: str = "rows", eot_id: int | None = None) -> int:
-    """How many global val batches `val_batches` yields (the same on every rank)."""
+    """How many global val batches `val_batches` yields (the same on every rank): with `max_tokens`
+    below the split's size, whole batches up to it; else enough batches for every row of the split
+    (the last one padded)."""
     files = _resolve(files, "val")
     per = batch_size * world_size * seq_len
-    n = sum(_val_layout(f, seq_len, layout, eot_id)[2] // (batch_size * world_size) for f in files)
+    total_rows = sum(_val_layout(f, seq_len, layout, eot_id)[2] for f in files)
+    if total_rows and (max_tokens is None or max_tokens >= total_rows * seq_len):
+        return -(-total_rows // (batch_size * world_size))  # the whole split
+    n = total_rows // (batch_size * world_size)
     if n == 0:
         have = sum(read_shard(f).shape[0] for f in files)
-        raise ValueError(f"the val shard(s) hold {have} tokens, fewer than one global val batch of "
-                         f"{per + 1} (world_size*B*T + 1{', in whole documents' if layout != 'rows' else ''}); "
-                         f"lower the val batch size or seq_len")
-    if max_tokens is not None:
-        if max_tokens < per:
-            raise ValueError(f"max_tokens={max_tokens} is less than one global val batch ({per} tokens)")
-        n = min(n, max_tokens // per)
-    return n
+        need = (f"one global val batch of {per + 1} tokens (world_size*B*T + 1" if total_rows
+                else f"one row of {seq_len + 1} tokens (T + 1")
+        raise ValueError(f"the val shard(s) hold {have} tokens, fewer than {need}"
+                         f"{', in whole documents' if layout != 'rows' else ''}); lower the val batch size or seq_len")
+    if max_tokens < per:
+        raise ValueError(f"max_tokens={max_tokens} is less than one global val batch ({per} tokens)")
+    return min(n, max_tokens // per)
 
 
 def val_batches(files, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1,
@@ -349,7 +356,11 @@ def val_batches(files, batch_size: int, seq_len: int, rank: int = 0, world_size:
                 eot_id: int | None = None):
     """Iterate (x, y) over the val shards in order: each global batch of world_size*B
     contiguous rows of T, this rank's rows [rank*B:(rank+1)*B]. Every rank gets the same
-    number of batches; at most `max_tokens` tokens per global pass (whole batches).
+    number of batches of the same shape. With `max_tokens` below the split's size, whole batches
+    up to it (the first tokens of the split); without (or at least the split), the whole split:
+    every row of every shard is scored once, so the count does not depend on B or the number of
+    ranks, and the rows missing from the last global batch are padding whose targets are IGNORE
+    (not scored).
     layout "rows": rows cut from the token stream (start mid-document; with B=1 and a long T,
     the records' val layout); "bos_aligned": the shard packed as the training layout of that
     name (rows start documents; cropped tails not scored), needs eot_id."""
@@ -357,16 +368,19 @@ def val_batches(files, batch_size: int, seq_len: int, rank: int = 0, world_size:
     n = val_batch_count(files, batch_size, seq_len, world_size, max_tokens, layout, eot_id)
     rows, T = batch_size * world_size, seq_len
     offs = np.arange(T + 1)
-    done = 0
-    for f in files:
-        tokens, stride, available = _val_layout(f, T, layout, eot_id)
-        for k in range(available // rows):
-            if done == n:
-                return
-            starts = (k * rows + rank * batch_size + np.arange(batch_size)) * stride  # (B,)
-            buf = np.asarray(tokens[starts[:, None] + offs], dtype=np.int64)  # (B, T+1)
-            x, y = buf[:, :-1], buf[:, 1:]
-            if flat:
-                x, y = x.reshape(1, -1), y.reshape(1, -1)
-            done += 1
-            yield _to_device(np.ascontiguousarray(x), device), _to_device(np.ascontiguousarray(y), device)
+    shards = [_val_layout(f, T, layout, eot_id) for f in files]  # (tokens, stride, rows available)
+    first_row = np.cumsum([0] + [a for _, _, a in shards])  # global index of each shard's first row
+    for k in range(n):
+        idx = k * rows + rank * batch_size + np.arange(batch_size)  # (B,) global row numbers
+        buf = np.zeros((batch_size, T + 1), dtype=np.int64)
+        real = idx < first_row[-1]
+        for s_i, (tokens, stride, _) in enumerate(shards):
+            here = real & (idx >= first_row[s_i]) & (idx < first_row[s_i + 1])
+            if here.any():
+                starts = (idx[here] - first_row[s_i]) * stride
+                buf[here] = np.asarray(tokens[starts[:, None] + offs], dtype=np.int64)  # (b, T+1)
+        x, y = buf[:, :-1], buf[:, 1:].copy()
+        y[~real] = IGNORE  # padding rows of the whole split's last batch
+        if flat:
+            x, y = x.reshape(1, -1), y.reshape(1, -1)
+        yield _to_device(np.ascontiguousarray(x), device), _to_device(np.ascontiguousarray(y), device)

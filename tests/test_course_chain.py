@@ -69,6 +69,11 @@ def test_the_course_runs_top_to_bottom_with_its_defaults(runs_dir, tmp_path):
     [run] = [p for p in runs_dir.iterdir() if p.name.endswith("_train")]
     assert (run / "summary.json").exists() and any((run / "checkpoints").glob("step_*.pt"))
     assert f"run_dir: {run}" in texts["05_eval"] and (run / "eval.json").exists()
+    # one val number per run: 05's whole split scores exactly the tokens of 04's last validation
+    final = json.loads((run / "summary.json").read_text())["final"]
+    [ev] = json.loads((run / "eval.json").read_text())
+    assert final["val_split"] == "whole" and ev["val_tokens"] == final["val_tokens"]
+    assert ev["val_loss"] == pytest.approx(final["val_loss"], abs=1e-5)
     [ablation] = runs_dir.glob("ablation_*")                                  # 03's ablation record
     assert (ablation / "results.json").exists() and len(list(ablation.glob("*_s[01]/metrics.csv"))) == 22
     _check_03(tmp_path / "executed" / "03_model.ipynb", texts["03_model"])

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from nbcore.loader import TokenLoader, doc_aligned_starts, val_batch_count, val_batches
+from nbcore.loader import IGNORE, TokenLoader, doc_aligned_starts, val_batch_count, val_batches
 from nbcore.shards import write_shard
 
 V = 1000
@@ -186,12 +186,12 @@ def test_too_little_data_is_a_clear_error(shard_dir):
 
 def test_val_batches_cover_val_shard_disjointly(shard_dir):
     val = [shard_dir / "val_000000.bin"]
-    B, T, W = 2, 10, 3
-    n = val_batch_count(val, B, T, W)
+    B, T, W, M = 2, 10, 3, 1200  # max_tokens M below the split's 1230: whole batches only (the whole split: below)
+    n = val_batch_count(val, B, T, W, max_tokens=M)
     assert n == (1234 - 1) // (B * T * W)
-    per_rank = [list(val_batches(val, B, T, rank=r, world_size=W)) for r in range(W)]
+    per_rank = [list(val_batches(val, B, T, rank=r, world_size=W, max_tokens=M)) for r in range(W)]
     assert all(len(p) == n for p in per_rank)
-    single = list(val_batches(val, B * W, T))
+    single = list(val_batches(val, B * W, T, max_tokens=M))
     for k in range(n):
         assert torch.equal(torch.cat([per_rank[r][k][0] for r in range(W)]), single[k][0])
     # contiguous rows from the start of the shard, in order
@@ -199,6 +199,31 @@ def test_val_batches_cover_val_shard_disjointly(shard_dir):
     assert torch.equal(all_x, torch.arange(n * B * T * W) % EOT)
     assert len(list(val_batches(val, B, T, world_size=W, max_tokens=2 * B * T * W))) == 2
     with pytest.raises(ValueError, match="fewer than one global val batch"):
-        list(val_batches(val, 64, 64))
+        list(val_batches(val, 64, 64, max_tokens=1000))  # a cap below the split (19 rows) and B = 64
+    with pytest.raises(ValueError, match="fewer than one row of 2001 tokens"):
+        list(val_batches(val, 1, 2000))
     # a shard folder works as `files`: its val split
-    assert len(list(val_batches(shard_dir, B, T))) == (1234 - 1) // (B * T)
+    assert len(list(val_batches(shard_dir, B, T))) == -(-(1234 - 1) // T // B)
+
+
+def test_the_whole_val_split_is_every_row_whatever_b_and_the_ranks(shard_dir):
+    """Without max_tokens every row of T is scored once: the last global batch is padded with
+    rows whose targets are IGNORE, so 04 (B rows) and 05 (16384 // T rows) score the same tokens."""
+    val = [shard_dir / "val_000000.bin"]
+    T, n_rows = 10, (1234 - 1) // 10  # 123 rows
+    for B, W in ((1, 1), (4, 1), (2, 3), (64, 2)):
+        assert val_batch_count(val, B, T, W) == -(-n_rows // (B * W))
+        per_rank = [list(val_batches(val, B, T, rank=r, world_size=W)) for r in range(W)]
+        xs = torch.cat([torch.cat([per_rank[r][k][0] for r in range(W)]) for k in range(len(per_rank[0]))])
+        ys = torch.cat([torch.cat([per_rank[r][k][1] for r in range(W)]) for k in range(len(per_rank[0]))])
+        assert all(x.shape == (B, T) for p in per_rank for x, _ in p)  # one shape: no recompile for the tail
+        assert int((ys != IGNORE).sum()) == n_rows * T  # every row, once
+        assert torch.equal(xs[:n_rows].flatten(), torch.arange(n_rows * T) % EOT)  # in order from the start
+        assert (ys[n_rows:] == IGNORE).all()
+    # a max_tokens of at least the split is the whole split too (not the whole batches below it)
+    assert val_batch_count(val, 64, T, 1, max_tokens=n_rows * T) == 2 == val_batch_count(val, 64, T, 1, 10 ** 9)
+    assert val_batch_count(val, 64, T, 1, max_tokens=n_rows * T - 1) == 1
+    # two shards: rows run on from one shard into the next inside a batch
+    two = [shard_dir / "val_000000.bin", shard_dir / "val_000000.bin"]
+    (x, y), = val_batches(two, 2 * n_rows, T)
+    assert int((y != IGNORE).sum()) == 2 * n_rows * T and torch.equal(x[n_rows:], x[:n_rows])
