@@ -2,6 +2,7 @@
 and what a user sees in the terminal on a tiny headless run."""
 import io
 import json
+import os
 import re
 
 import pytest
@@ -94,10 +95,46 @@ def test_time_budget_bar_has_a_total_percent_and_eta():
 
 
 # ---------------------------------------------------------------- what the terminal shows (a tiny run)
+# a stand-in for wandb on the launcher's path: it writes each call to $FAKE_TRACKER_LOG
+FAKE_WANDB = '''import json, os, time
+from pathlib import Path
+
+
+class _Run:
+    summary = {}
+
+
+def _note(*call):
+    with open(os.environ["FAKE_TRACKER_LOG"], "a") as f:
+        f.write(json.dumps([time.time(), *call]) + "\\n")
+
+
+def init(**kwargs):
+    global _dir
+    _dir = Path(kwargs["config"]["run_dir"])
+    _note("init", kwargs)
+    return _Run()
+
+
+def log(values, step=None):
+    _note("log", step, values, (_dir / "summary.json").exists())  # did the run still train then?
+
+
+def finish():
+    _note("finish", dict(_Run.summary))
+'''
+
+
 @pytest.mark.slow
 def test_launcher_terminal_shows_progress_and_no_kernel_warnings(tmp_path, tiny_data, runs_dir):
     y = _flat_yaml(tmp_path, tiny_data, num_steps=0, max_seconds=4.0, val_interval=20, gpu_hourly_price=3.6)
-    p = _launch(y, "-p", "name", "live")
+    fake = tmp_path / "fake" / "wandb"  # and --tracker wandb streams the same rows to "W&B" as it trains
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(FAKE_WANDB)
+    calls_file = tmp_path / "calls.jsonl"
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(fake.parent), os.environ.get("PYTHONPATH")])),
+           "FAKE_TRACKER_LOG": str(calls_file), "NBCORE_TRACKER_POLL_S": "0.2"}
+    p = _launch(y, "-p", "name", "live", "--tracker", "wandb", "--tracker-project", "q1", env=env)
     out, err = p.stdout, p.stderr
     print(out)
     assert "without encryption" not in out + err and "Kernel is running" not in out + err
@@ -120,6 +157,21 @@ def test_launcher_terminal_shows_progress_and_no_kernel_warnings(tmp_path, tiny_
     assert all(r["val_tokens"] == 2048 for r in rows[:-1])
     r = compare.load_run(run)
     assert compare.final_metrics(r)["val_bpb"] == r.curve("val_bpb", "step")[1][-1] == s["val_bpb"]
+    # the tracker got 04's parameters and every metrics row in order, the first ones while it still trained
+    calls = [json.loads(line) for line in calls_file.read_text().splitlines()]
+    kinds = [c[1] for c in calls]
+    assert kinds[0] == "init" and kinds[-1] == "finish" and set(kinds[1:-1]) == {"log"}
+    init = calls[0][2]
+    assert (init["project"], init["name"], init["id"], init["resume"]) == ("q1", run.name, run.name, "allow")
+    assert init["config"]["max_seconds"] == 4.0 and init["config"]["run_dir"] == str(run)
+    all_rows = [(r["step"], {k: v for k, v in r.items() if v is not None and k != "step"})
+                for r in runs.read_metrics(run)]
+    logged = [(c[2], c[3]) for c in calls if c[1] == "log"]
+    # every row, in order; the last validation may go twice: first on val_tokens, then replaced by the
+    # whole split's (the later values of a step win in W&B)
+    assert logged[:len(all_rows) - 1] == all_rows[:-1] and logged[-1] == all_rows[-1]
+    assert not calls[1][4]  # the first rows went while 04 was still training (no summary.json yet)
+    assert calls[-1][2]["final/val_loss"] == s["val_loss"]
     # inside the notebook: the bar runs over the time budget, the summary is rounded with units
     nb = json.loads((run / "04_train.ipynb").read_text())
     text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
