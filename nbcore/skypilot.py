@@ -202,10 +202,11 @@ print(json.dumps(out))
 
 def parse_with_skypilot(paths, python=None) -> list:
     """What SkyPilot's own parser (sky.Task.from_yaml, offline) reads in each task file, as dicts
-    (name, num_nodes, run, setup, envs, workdir, accelerators and use_spot per resource), parsed by `python`: an interpreter
-    with skypilot installed (default $NBCORE_SKYPILOT_PYTHON, else this one). SkyPilot may need its
-    own environment: 0.14 pins click<8.2, which the Hugging Face hub's newest releases do not accept.
-    Raises RuntimeError with SkyPilot's message when a file does not parse."""
+    (name, num_nodes, run, setup, envs, workdir, and accelerators and use_spot per resource).
+    `python`: an interpreter with skypilot installed (default $NBCORE_SKYPILOT_PYTHON, else this
+    one). SkyPilot may need its own environment: 0.14 pins click<8.2, which the Hugging Face hub's
+    newest releases do not accept. Raises RuntimeError with SkyPilot's message when a file does not
+    parse."""
     import json
     import os
     import subprocess
