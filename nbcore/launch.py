@@ -670,6 +670,8 @@ def _run_steps(steps, plan, run_dir: Path, nproc, resume, torchrun_args, log_out
     record.setdefault("launches", [])
     this = {"source": plan.get("source"), "vars": plan["vars"], "nproc": nproc, "resume": bool(resume),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "chapters": []}
+    if tracker:
+        this["tracker"] = tracker  # `--resume RUN` alone streams to it again
     record["launches"].append(this)
     has_progress = bool(resume) and _has_progress(run_dir)
     if nodes and resume:  # node 0's folder decides for every node (the others may have no checkpoint)
@@ -817,6 +819,17 @@ def recorded_plan(run) -> dict:
             "chapters": chapters, "source": str(path)}
 
 
+def recorded_tracker(run) -> dict | None:
+    """The --tracker of the run's latest launch that had one (from launch.json), or None."""
+    try:
+        path = runs.open_run(run) / "launch.json"
+    except FileNotFoundError:
+        return None
+    if not path.exists():
+        return None
+    return next((la["tracker"] for la in reversed(fileio.read_json(path)["launches"]) if la.get("tracker")), None)
+
+
 # ---------------------------------------------------------------- command line
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m nbcore.launch", description=__doc__.split("\n\n")[0],
@@ -892,6 +905,8 @@ def main(argv=None) -> int:
         if a.tracker and not a.dry_run:
             tracking.module(a.tracker)  # a missing package is said now, before anything runs
             tracker = {"kind": a.tracker, "project": a.tracker_project or "nbcore", "group": a.tracker_group}
+        elif a.resume and not a.dry_run and (coord is None or coord.is_owner):
+            tracker = recorded_tracker(a.resume)  # the run keeps streaming where its first launch said
         with _signals():
             run_dir = run_plan(plan, nproc=a.nproc, resume=a.resume, torchrun_args=trargs,
                                log_output=a.log_output, only=only, dry_run=a.dry_run, nodes=coord, quiet=a.quiet,

@@ -172,6 +172,8 @@ def test_launcher_terminal_shows_progress_and_no_kernel_warnings(tmp_path, tiny_
     assert logged[:len(all_rows) - 1] == all_rows[:-1] and logged[-1] == all_rows[-1]
     assert not calls[1][4]  # the first rows went while 04 was still training (no summary.json yet)
     assert calls[-1][2]["final/val_loss"] == s["val_loss"]
+    # launch.json keeps the tracker, so `--resume RUN` alone streams to the same one
+    assert launch.recorded_tracker(run) == {"kind": "wandb", "project": "q1", "group": None}
     # inside the notebook: the bar runs over the time budget, the summary is rounded with units
     nb = json.loads((run / "04_train.ipynb").read_text())
     text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
