@@ -117,6 +117,32 @@ def training_bar(num_steps: int, max_seconds: float, step: int = 0, seconds=None
 
 
 # ---------------------------------------------------------------- the launcher's live lines
+class PollThread:
+    """Call `fn()` every `every_s` seconds in a daemon thread until `stop()`. Exceptions of the types
+    in `retry` (a file half-written when read) are skipped: the next call tries again."""
+
+    def __init__(self, fn, every_s: float, name: str, retry=()):
+        self.fn, self.every_s, self.retry = fn, float(every_s), tuple(retry)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def _loop(self):
+        while not self._stop.wait(self.every_s):
+            try:
+                self.fn()
+            except self.retry:
+                pass
+
+    def start(self) -> "PollThread":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=timeout)
+
+
 class ProgressPrinter:
     """Tails `run_dir/metrics.csv` in a thread and prints progress lines to `out` (stdout).
 
@@ -144,8 +170,7 @@ class ProgressPrinter:
         self._seen_rows = len(old)
         self._pending = False
         self._first = None  # (clock, training seconds) when the first row was seen
-        self._stop = threading.Event()
-        self._thread = None
+        self._poller = PollThread(self.poll, self.poll_s, "nbcore-progress", retry=(OSError, ValueError, KeyError))
         self.lines: list[str] = []
 
     # -- one look at the file
@@ -223,23 +248,13 @@ class ProgressPrinter:
         return lines
 
     # -- the thread
-    def _loop(self):
-        while not self._stop.wait(self.poll_s):
-            try:
-                self.poll()
-            except (OSError, ValueError, KeyError):  # a file half-made by a crash: try again next time
-                pass
-
     def start(self) -> "ProgressPrinter":
-        self._thread = threading.Thread(target=self._loop, name="nbcore-progress", daemon=True)
-        self._thread.start()
+        self._poller.start()
         return self
 
     def stop(self) -> None:
         """Stop the thread, then print what the last look finds (the final validation)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._poller.stop(timeout=10)
         try:
             self.poll(force=True)
         except (OSError, ValueError, KeyError):
@@ -256,5 +271,5 @@ def start_for_chapter(run_dir, params: dict, num_gpus: int, quiet: bool = False,
                            num_gpus=num_gpus, **kwargs).start()
 
 
-__all__ = ["ProgressPrinter", "start_for_chapter", "training_bar", "fmt_duration", "fmt_count", "fmt_bytes",
+__all__ = ["PollThread", "ProgressPrinter", "start_for_chapter", "training_bar", "fmt_duration", "fmt_count", "fmt_bytes",
            "summary_lines", "PREFIX"]

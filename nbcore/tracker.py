@@ -22,7 +22,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from . import fileio, runs
+from . import fileio, progress, runs
 
 KINDS = {"wandb": "wandb", "trackio": "trackio"}  # both offer init(project, name, group, config) / log / finish
 
@@ -65,8 +65,6 @@ class LiveRun:
 
     def __init__(self, run_dir, kind: str, project: str, group: str | None = None, config: dict | None = None,
                  poll_s: float = 5.0, out=None):
-        import threading
-
         self.run_dir = Path(run_dir)
         self.kind, self.project, self.group = kind, project, group
         self.config = config
@@ -79,8 +77,7 @@ class LiveRun:
         self.last_step = state.get("last_step", -1)
         self.sent_at_last = list(state.get("sent_at_last_step", []))  # digests of the rows sent at last_step
         self.sent = 0
-        self._stop = threading.Event()
-        self._thread = None
+        self._poller = progress.PollThread(self.poll, self.poll_s, "nbcore-tracker")  # poll() never raises
 
     def _read_state(self) -> dict:
         path = self.run_dir / self.STATE
@@ -146,22 +143,13 @@ class LiveRun:
         print(f"[tracker] {self.kind} logging stopped ({self.failed}); the run folder is the record",
               file=self.out, flush=True)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            self.poll()
-
     def start(self) -> "LiveRun":
-        import threading
-
-        self._thread = threading.Thread(target=self._loop, name="nbcore-tracker", daemon=True)
-        self._thread.start()
+        self._poller.start()
         return self
 
     def finish(self) -> int:
         """Stop the thread, send the last rows and the final numbers, end the tracker run; -> rows sent."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self._poller.stop(timeout=30)
         self.poll()
         if self.run is not None and not self.failed:
             try:
