@@ -122,22 +122,15 @@ def parse_value(text: str):
     number 750), "no"/"on" stay strings; "1e-3" is a float.
     """
     t = text.strip()
-    if t in ("true", "True", "TRUE"):
-        return True
-    if t in ("false", "False", "FALSE"):
-        return False
-    if t in ("null", "Null", "NULL", "~"):
-        return None
-    if _INT.match(t):
-        return int(t.replace("_", ""))
-    if _FLOAT.match(t):
-        return float(t.replace("_", ""))
-    if t[:1] in ("[", "{"):
-        try:
-            return yaml.load(t, Loader=_Loader)
-        except yaml.YAMLError:
-            return text
-    return text
+    if not t:
+        return text
+    try:
+        value = yaml.load(t, Loader=_Loader)  # the rules parameter files are read by
+    except yaml.YAMLError:
+        return text
+    if t[:1] in ("[", "{") or isinstance(value, (bool, int, float)):
+        return value
+    return None if value is None and t in ("null", "Null", "NULL", "~") else text
 
 
 def load_plan(path) -> dict:
