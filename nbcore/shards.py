@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import fileio
+from . import workers as workers_lib
 
 MAGIC = 20240520
 VERSION_U16 = 1
@@ -265,38 +266,41 @@ def _token_stream(docs, tokenizer, workers, batch_chars, skip_docs=0):
         yield from map(_encode_batch, batches)
         return
     import collections
-    import multiprocessing as mp
 
     helpers = workers - 1
-    # Results in document order: [batch, AsyncResult] for batches given to the pool, (tokens,
+    # Results in document order: [batch, Future] for batches given to the pool, (tokens,
     # lengths) for batches encoded here. At most 3 batches per pool process in flight: a
     # stream without an end (FineWeb) is read only as far as the shards need, memory stays
     # bounded, and a pool process always has its next batch waiting.
-    with mp.get_context().Pool(helpers, initializer=_worker_init, initargs=(tokenizer,)) as pool:
+    pool = workers_lib.process_pool(helpers, initializer=_worker_init, initargs=(tokenizer,))
+    try:
         pending = collections.deque()
 
         def done(entry):
-            return isinstance(entry, tuple) or entry[1].ready()
+            return isinstance(entry, tuple) or entry[1].done()
 
         for batch in batches:
             busy = sum(1 for e in pending if not done(e))
             pending.append(_encode_batch(batch) if busy >= 3 * helpers
-                           else [batch, pool.apply_async(_encode_batch, (batch,))])
+                           else [batch, pool.submit(_encode_batch, batch)])
             while pending and (done(pending[0]) or len(pending) > 6 * workers):
                 head = pending.popleft()
-                yield head if isinstance(head, tuple) else head[1].get()
+                yield head if isinstance(head, tuple) else head[1].result()
         # The end of the stream: rather than wait for the pool's queue, this process takes
-        # the last waiting batches itself (a pool process may still start one: the same
-        # result, not used; leaving the `with` block stops it).
+        # the last waiting batches itself (cancelled in the pool if no helper took it yet;
+        # otherwise the helper's copy is the same result, not used).
         while pending:
             head = pending[0]
             waiting = [i for i in range(len(pending) - 1, 0, -1) if not done(pending[i])]
             if not done(head) and len(waiting) >= helpers:
                 i = waiting[0]
+                pending[i][1].cancel()
                 pending[i] = _encode_batch(pending[i][0])
                 continue
             pending.popleft()
-            yield head if isinstance(head, tuple) else head[1].get()
+            yield head if isinstance(head, tuple) else head[1].result()
+    finally:  # the end, or a reader that stopped early: drop what is queued, let running batches end
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _fill_shards(batches, sizes, start=(0, 0)):
@@ -346,9 +350,7 @@ def _fill_shards(batches, sizes, start=(0, 0)):
 # ---------------------------------------------------------------- the sharder
 def default_workers() -> int:
     """The cores this process may use."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    return workers_lib.default_workers()
 
 
 def _plan(shard_size, num_shards, val_fraction, val_tokens):

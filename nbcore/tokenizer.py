@@ -32,8 +32,6 @@ text as ordinary characters, `encode(text, allowed_special="all")` as the specia
 import hashlib
 import heapq
 import json
-import multiprocessing as mp
-import os
 import sys
 import time
 from collections import Counter
@@ -42,6 +40,7 @@ from pathlib import Path
 import regex
 
 from . import fileio
+from . import workers as workers_lib
 from .bpe_reference import GPT2_PATTERN, GPT4_PATTERN, clean_text
 
 FORMAT_VERSION = 1
@@ -153,11 +152,7 @@ def _batches(texts, batch_chars: int, cuttable: bool):
 
 
 def default_workers() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:
-        n = os.cpu_count() or 1
-    return max(1, min(n, 16))
+    return workers_lib.default_workers(cap=16)
 
 
 def count_chunks(texts, pattern: str = GPT4_PATTERN, workers=None, batch_chars: int = 1 << 20,
@@ -191,24 +186,17 @@ def count_chunks(texts, pattern: str = GPT4_PATTERN, workers=None, batch_chars: 
             n_chars += n
             bar.update(n / 1e6)
     else:
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(pattern,)) as pool:
-            pending = []
-
-            def submit(batch):
-                pending.append(pool.apply_async(_count_batch, (batch,)))
-
-            submit(first)
-            submit(second)
+        with workers_lib.process_pool(workers, initializer=_init_worker, initargs=(pattern,)) as pool:
+            pending = [pool.submit(_count_batch, first), pool.submit(_count_batch, second)]
             for batch in batches:
                 while len(pending) >= 2 * workers:
-                    c, n = pending.pop(0).get()
+                    c, n = pending.pop(0).result()
                     total.update(c)
                     n_chars += n
                     bar.update(n / 1e6)
-                submit(batch)
+                pending.append(pool.submit(_count_batch, batch))
             for p in pending:
-                c, n = p.get()
+                c, n = p.result()
                 total.update(c)
                 n_chars += n
                 bar.update(n / 1e6)
