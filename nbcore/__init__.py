@@ -9,7 +9,8 @@ One module per job:
 - results: `evaluate` (loss, bits per byte, benchmarks, generations), `export` (safetensors,
   Hugging Face Llama), `stats` (Welch, Wilson), `compare` (curves, tables, paper), `judge`;
 - plumbing: `params` (notebook parameter checks), `notebooks` (papermill), `launch` (run a
-  parameter set, torchrun), `fileio` (atomic writes), `paths`, `bench` (benchmarks).
+  parameter set, torchrun), `fileio` (atomic writes), `workers` (helper processes for 01 and 02),
+  `paths`, `bench` (benchmarks).
 
 Shapes in comments use one notation: B batch, T sequence, D model dim, H heads, Dh head dim,
 V vocab, L layers.
