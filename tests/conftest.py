@@ -55,8 +55,8 @@ def runs_dir(tmp_path, monkeypatch):
 # The suite's wall time on CI's 2 cores. pytest-xdist's worksteal hands each worker a contiguous part
 # of the collection, then moves tests from the end of the busiest queue. A long test that starts late
 # makes a long tail (the 01->06 chain alone is 7-9 minutes), so the longest files open the two halves:
-# the chain the first, the launcher-driven files the second. Files move whole, so their module
-# fixtures are still built once.
+# the chain the first, the launcher-driven files the second. These files move whole, so their module
+# fixtures are still built once; the other files keep their order around them.
 _OPENS_FIRST_HALF = ("test_course_chain.py",)
 _OPENS_SECOND_HALF = ("test_sweep.py", "test_nodes.py", "test_launch_runs.py", "test_train.py")
 
